@@ -1,0 +1,269 @@
+//! The session state machine: awaiting-bind → bound → closing.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::{Action, PresenceChange, SessionConfig};
+use crate::auth::Authenticator;
+use crate::protocol::{Bind, BindAck, Body, CloseReason, DecodeError, ErrorCode, Frame};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    /// Connected; waiting for a valid Bind within the bind timeout.
+    AwaitingBind,
+    /// Bound to a device id; heartbeats expected.
+    Bound,
+    /// A Close was decided; the driver flushes and closes. Inputs are ignored.
+    Closing,
+}
+
+/// One connection's protocol state. Kept small on purpose: a node holds a
+/// million of these.
+#[derive(Debug)]
+pub struct Session {
+    state: SessionState,
+    session_id: u64,
+    opened_at: Instant,
+    /// Last time any frame arrived (liveness).
+    last_inbound: Instant,
+    bound_at: Option<Instant>,
+    device_id: Option<Box<str>>,
+    topics: Vec<String>,
+    frames_in: u64,
+}
+
+/// A read-only view of a session for the admin API.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub state: SessionState,
+    pub session_id: u64,
+    pub device_id: Option<String>,
+    pub topics: Vec<String>,
+    pub connected_ms: u64,
+    pub bound_ms: Option<u64>,
+    pub idle_ms: u64,
+    pub frames_in: u64,
+}
+
+impl Session {
+    /// A session for a connection accepted at `now`. `session_id` must be unique
+    /// on this node (it fences presence changes).
+    pub fn new(session_id: u64, now: Instant) -> Session {
+        Session {
+            state: SessionState::AwaitingBind,
+            session_id,
+            opened_at: now,
+            last_inbound: now,
+            bound_at: None,
+            device_id: None,
+            topics: Vec::new(),
+            frames_in: 0,
+        }
+    }
+
+    pub fn state(&self) -> SessionState {
+        self.state
+    }
+
+    pub fn session_id(&self) -> u64 {
+        self.session_id
+    }
+
+    pub fn device_id(&self) -> Option<&str> {
+        self.device_id.as_deref()
+    }
+
+    pub fn topics(&self) -> &[String] {
+        &self.topics
+    }
+
+    /// When [`Session::handle_timeout`] must be called next, if ever.
+    pub fn deadline(&self, cfg: &SessionConfig) -> Option<Instant> {
+        match self.state {
+            SessionState::AwaitingBind => Some(self.opened_at + cfg.bind_timeout),
+            SessionState::Bound => Some(self.last_inbound + cfg.heartbeat_timeout),
+            SessionState::Closing => None,
+        }
+    }
+
+    /// Handles one frame received from the peer.
+    pub fn handle_frame(
+        &mut self,
+        frame: Frame,
+        now: Instant,
+        unix_now: u64,
+        cfg: &SessionConfig,
+        auth: &Authenticator,
+        out: &mut Vec<Action>,
+    ) {
+        if self.state == SessionState::Closing {
+            return;
+        }
+        self.frames_in += 1;
+        self.last_inbound = now;
+        let seq = frame.seq;
+        match (self.state, frame.body) {
+            (_, Body::Close(_)) => self.close(CloseReason::Normal, None, out),
+            (SessionState::AwaitingBind, Body::Bind(bind)) => {
+                self.bind(seq, bind, now, unix_now, cfg, auth, out)
+            }
+            (SessionState::AwaitingBind, Body::Ping | Body::PushAck { .. }) => {
+                self.fail(seq, ErrorCode::NotBound, "send Bind first", out)
+            }
+            (SessionState::Bound, Body::Ping) => out.push(Action::Send(Frame::pong(seq))),
+            (SessionState::Bound, Body::PushAck { message_id }) => {
+                out.push(Action::Acked { message_id })
+            }
+            (SessionState::Bound, Body::Bind(_)) => {
+                self.fail(seq, ErrorCode::AlreadyBound, "connection is already bound", out)
+            }
+            (_, body) => {
+                let msg = format!("{} is not valid from a client", body.opcode().name());
+                self.fail(seq, ErrorCode::UnknownOpcode, &msg, out)
+            }
+        }
+    }
+
+    /// Handles bytes that could not be decoded: Error, then Close.
+    pub fn handle_decode_error(&mut self, err: &DecodeError, out: &mut Vec<Action>) {
+        if self.state == SessionState::Closing {
+            return;
+        }
+        if self.state == SessionState::AwaitingBind {
+            out.push(Action::BindRejected(err.code()));
+        }
+        let msg = err.to_string();
+        self.send_error_and_close(err.seq(), err.code(), &msg, CloseReason::ProtocolError, out);
+    }
+
+    /// Closes the session if its deadline has passed at `now`.
+    pub fn handle_timeout(&mut self, now: Instant, cfg: &SessionConfig, out: &mut Vec<Action>) {
+        match self.deadline(cfg) {
+            Some(d) if now >= d => {}
+            _ => return,
+        }
+        let (reason, msg) = match self.state {
+            SessionState::AwaitingBind => (CloseReason::BindTimeout, "no Bind within the bind timeout"),
+            _ => (CloseReason::HeartbeatTimeout, "no frame within the heartbeat timeout"),
+        };
+        self.close(reason, Some(msg), out);
+    }
+
+    /// Closes the session on the node's initiative (duplicate bind, drain, admin).
+    pub fn kick(&mut self, reason: CloseReason, message: &str, out: &mut Vec<Action>) {
+        if self.state != SessionState::Closing {
+            self.close(reason, Some(message), out);
+        }
+    }
+
+    /// The transport ended (EOF, reset) without a Close frame.
+    pub fn handle_transport_closed(&mut self, out: &mut Vec<Action>) {
+        if self.state == SessionState::Closing {
+            return;
+        }
+        self.go_offline(CloseReason::Normal, out);
+        self.state = SessionState::Closing;
+    }
+
+    pub fn info(&self, now: Instant) -> SessionInfo {
+        let ms = |d: Duration| d.as_millis() as u64;
+        SessionInfo {
+            state: self.state,
+            session_id: self.session_id,
+            device_id: self.device_id.as_deref().map(str::to_owned),
+            topics: self.topics.clone(),
+            connected_ms: ms(now.saturating_duration_since(self.opened_at)),
+            bound_ms: self.bound_at.map(|b| ms(now.saturating_duration_since(b))),
+            idle_ms: ms(now.saturating_duration_since(self.last_inbound)),
+            frames_in: self.frames_in,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn bind(
+        &mut self,
+        seq: u32,
+        bind: Bind,
+        now: Instant,
+        unix_now: u64,
+        cfg: &SessionConfig,
+        auth: &Authenticator,
+        out: &mut Vec<Action>,
+    ) {
+        if bind.device_id.chars().any(char::is_control) {
+            out.push(Action::BindRejected(ErrorCode::InvalidDeviceId));
+            return self.fail(seq, ErrorCode::InvalidDeviceId, "device id has control characters", out);
+        }
+        if auth.check(&bind.device_id, &bind.credential, unix_now).is_err() {
+            out.push(Action::BindRejected(ErrorCode::AuthFailed));
+            return self.send_error_and_close(
+                seq,
+                ErrorCode::AuthFailed,
+                "authentication failed",
+                CloseReason::AuthFailed,
+                out,
+            );
+        }
+        let device_id: Box<str> = bind.device_id.into_boxed_str();
+        self.state = SessionState::Bound;
+        self.bound_at = Some(now);
+        self.device_id = Some(device_id.clone());
+        self.topics = bind.topics;
+        let ms = |d: Duration| d.as_millis().min(u32::MAX as u128) as u32;
+        out.push(Action::Send(Frame::new(
+            seq,
+            Body::BindAck(BindAck {
+                heartbeat_interval_ms: ms(cfg.heartbeat_interval),
+                heartbeat_timeout_ms: ms(cfg.heartbeat_timeout),
+                max_frame_len: cfg.max_frame_len,
+                session_id: self.session_id,
+            }),
+        )));
+        out.push(Action::Presence(PresenceChange::Online {
+            device_id,
+            session_id: self.session_id,
+            topics: self.topics.clone(),
+        }));
+    }
+
+    fn fail(&mut self, seq: u32, code: ErrorCode, msg: &str, out: &mut Vec<Action>) {
+        self.send_error_and_close(seq, code, msg, CloseReason::ProtocolError, out)
+    }
+
+    fn send_error_and_close(
+        &mut self,
+        seq: u32,
+        code: ErrorCode,
+        msg: &str,
+        reason: CloseReason,
+        out: &mut Vec<Action>,
+    ) {
+        out.push(Action::Send(Frame::error(seq, code, msg)));
+        self.close(reason, Some(msg), out);
+    }
+
+    /// Sends Close (unless the peer asked for it), reports offline, and asks the
+    /// driver to close the connection.
+    fn close(&mut self, reason: CloseReason, message: Option<&str>, out: &mut Vec<Action>) {
+        if let Some(m) = message {
+            out.push(Action::Send(Frame::close(0, reason, m)));
+        }
+        self.go_offline(reason, out);
+        self.state = SessionState::Closing;
+        out.push(Action::Close { reason });
+    }
+
+    fn go_offline(&mut self, reason: CloseReason, out: &mut Vec<Action>) {
+        if self.state == SessionState::Bound {
+            if let Some(device_id) = self.device_id.clone() {
+                out.push(Action::Presence(PresenceChange::Offline {
+                    device_id,
+                    session_id: self.session_id,
+                    reason,
+                }));
+            }
+        }
+    }
+}
