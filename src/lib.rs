@@ -3,6 +3,14 @@
 //! - [`protocol`]: the Miop v1 wire format (sans-io codec).
 //! - [`session`]: the per-connection state machine (sans-io).
 //! - [`auth`]: app keys and HMAC device tokens.
+//! - [`gateway`]: the per-core io_uring data plane of miopd.
+//! - [`admin`]: the control plane's HTTP API.
+//! - [`client`]: a tokio client for devices, tests and the load generator.
+pub mod admin;
 pub mod auth;
+pub mod client;
+pub mod config;
+pub mod gateway;
+pub mod metrics;
 pub mod protocol;
 pub mod session;

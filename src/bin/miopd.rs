@@ -1,1 +1,135 @@
-fn main() {}
+//! miopd: the Miop push gateway. See `miopd --help`.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use miop::admin::{self, AdminState};
+use miop::auth::{mint_token, Authenticator};
+use miop::config::{Cli, Command, Config, LogFormat};
+use miop::gateway;
+use tokio::signal::unix::{signal, SignalKind};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Token { device, ttl, secret }) = &cli.command {
+        let Some(secret) = secret.clone().or_else(|| cli.token_secret.clone()) else {
+            eprintln!("miopd token: no secret (pass --secret or set MIOP_TOKEN_SECRET)");
+            return ExitCode::from(2);
+        };
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        println!("{}", mint_token(secret.as_bytes(), device, (now + *ttl).as_secs()));
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::resolve(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("miopd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_format);
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("miopd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("MIOP_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(config: Config) -> Result<(), String> {
+    let auth = Authenticator::new(config.app_keys.clone(), config.token_secret.clone());
+    if auth.is_closed() {
+        return Err(
+            "no credentials configured: pass --app-key KEY (or MIOP_APP_KEYS) and/or \
+             --token-secret SECRET (or MIOP_TOKEN_SECRET)"
+                .into(),
+        );
+    }
+    if let Some(redis) = &config.redis {
+        tracing::warn!(%redis, "--redis is reserved for shared presence (a later release); running standalone");
+    }
+    let fd_limit = gateway::raise_fd_limit();
+    let metrics = miop::metrics::install()?;
+    metrics::gauge!(miop::metrics::CORES).set(config.cores as f64);
+    metrics::gauge!(miop::metrics::FD_LIMIT).set(fd_limit as f64);
+
+    let gw = gateway::start(&config, auth.clone(), fd_limit)?;
+    tracing::info!(
+        node = %config.node_id,
+        listen = %gw.listen_addr,
+        cores = config.cores,
+        fd_limit,
+        // Every connection is one fd; keep a few for listeners, rings, Redis, admin.
+        max_connections = fd_limit.saturating_sub(64 + 4 * config.cores as u64),
+        somaxconn = ?gateway::somaxconn(),
+        backlog = config.backlog,
+        heartbeat_ms = config.session.heartbeat_interval.as_millis() as u64,
+        heartbeat_timeout_ms = config.session.heartbeat_timeout.as_millis() as u64,
+        app_keys = auth.app_key_count(),
+        token_mode = auth.token_mode(),
+        presence = "standalone",
+        "miopd started"
+    );
+
+    // The control plane: this thread, a plain current-thread tokio runtime.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the control-plane runtime: {e}"))?;
+    rt.block_on(async move {
+        let admin_listener = tokio::net::TcpListener::bind(config.admin)
+            .await
+            .map_err(|e| format!("cannot listen on admin address {}: {e}", config.admin))?;
+        let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
+        let gw = Arc::new(gw);
+        let state = AdminState {
+            gateway: gw.clone(),
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(admin_listener, admin::router(state)).await {
+                tracing::error!(error = %e, "admin server stopped");
+            }
+        });
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                metrics.run_upkeep();
+            }
+        });
+        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+        // One machine-readable line on stdout for scripts and tests.
+        println!("miopd ready listen={} admin={}", gw.listen_addr, admin_addr);
+        let _ = std::io::stdout().flush();
+        tracing::info!(admin = %admin_addr, "admin API listening");
+        let sig = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = sig, sessions = gw.node.registry.len(), drain_timeout_ms = config.drain_timeout.as_millis() as u64, "draining");
+        let report = gw.drain().await;
+        tracing::info!(closed = report.closed, forced = report.forced, "drained; exiting");
+        Ok(())
+    })
+}

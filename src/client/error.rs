@@ -1,0 +1,43 @@
+//! Errors a client sees.
+
+use crate::protocol::{CloseReason, DecodeError, EncodeError, ErrorCode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("server sent an invalid frame: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("cannot encode frame: {0}")]
+    Encode(#[from] EncodeError),
+    #[error("server answered with error {code}: {message}")]
+    Rejected { code: u16, message: String },
+    #[error("server closed the session (reason {reason}): {message}")]
+    Closed { reason: u16, message: String },
+    #[error("server closed the connection")]
+    Eof,
+    #[error("connection ended in the middle of a frame")]
+    Truncated,
+    #[error("unexpected {0} frame")]
+    Unexpected(&'static str),
+    #[error("invalid miop URL: {0}")]
+    Url(String),
+}
+
+impl ClientError {
+    /// The error code, if the server rejected the request with an Error frame.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Rejected { code, .. } => ErrorCode::from_u16(*code),
+            _ => None,
+        }
+    }
+
+    /// The close reason, if the server closed the session with a Close frame.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        match self {
+            ClientError::Closed { reason, .. } => CloseReason::from_u16(*reason),
+            _ => None,
+        }
+    }
+}

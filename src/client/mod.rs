@@ -1,0 +1,228 @@
+//! A tokio client for the Miop protocol: connect, bind, ping, receive pushes,
+//! acknowledge, close. The integration tests and the load generator use it;
+//! devices and backends can embed it.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), miop::client::ClientError> {
+//! use miop::client::{Client, MiopUrl};
+//! let url: MiopUrl = "miop://phone-1:pk@127.0.0.1:7700/".parse()?;
+//! let mut client = Client::connect(url.addr()).await?;
+//! let ack = client.bind_url(&url).await?;
+//! println!("bound; ping every {} ms", ack.heartbeat_interval_ms);
+//! client.ping().await?;
+//! while let Some(push) = client.next_push().await? {
+//!     println!("message {}: {:?}", push.message_id, push.payload);
+//! }
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod url;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, ToSocketAddrs};
+
+pub use self::error::ClientError;
+pub use self::url::MiopUrl;
+use crate::protocol::{
+    decode_buf, Bind, BindAck, Body, Close, CloseReason, Credential, Frame, Push, FLAG_ACK_REQUIRED,
+    MAX_FRAME_LEN,
+};
+
+/// One device connection.
+pub struct Client {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    next_seq: u32,
+    /// Frames that arrived while waiting for a specific reply (pushes during a
+    /// ping), handed out by `recv` in order.
+    pending: VecDeque<Frame>,
+    bind_ack: Option<BindAck>,
+}
+
+impl Client {
+    pub async fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect(addr).await?;
+        Ok(Client::from_stream(stream))
+    }
+
+    /// Wraps an already connected socket (e.g. one bound to a chosen source address).
+    pub fn from_stream(stream: TcpStream) -> Client {
+        let _ = stream.set_nodelay(true);
+        Client {
+            stream,
+            rbuf: BytesMut::with_capacity(4096),
+            wbuf: BytesMut::with_capacity(256),
+            next_seq: 1,
+            pending: VecDeque::new(),
+            bind_ack: None,
+        }
+    }
+
+    /// The BindAck of this connection, once bound.
+    pub fn bind_ack(&self) -> Option<&BindAck> {
+        self.bind_ack.as_ref()
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.stream.local_addr()
+    }
+
+    fn seq(&mut self) -> u32 {
+        let s = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1).max(1);
+        s
+    }
+
+    /// Binds with the URL's device id and app key.
+    pub async fn bind_url(&mut self, url: &MiopUrl) -> Result<BindAck, ClientError> {
+        self.bind(&url.device_id, Credential::AppKey(url.app_key.clone()), Vec::new())
+            .await
+    }
+
+    /// Sends Bind and waits for BindAck. An Error or Close from the server
+    /// becomes [`ClientError::Rejected`] or [`ClientError::Closed`].
+    pub async fn bind(
+        &mut self,
+        device_id: &str,
+        credential: Credential,
+        topics: Vec<String>,
+    ) -> Result<BindAck, ClientError> {
+        let seq = self.seq();
+        let frame = Frame::new(
+            seq,
+            Body::Bind(Bind {
+                device_id: device_id.to_owned(),
+                credential,
+                topics,
+            }),
+        );
+        self.send(&frame).await?;
+        let reply = self.reply_to(seq).await?;
+        match reply.body {
+            Body::BindAck(ack) => {
+                self.bind_ack = Some(ack);
+                Ok(ack)
+            }
+            _ => Err(ClientError::Unexpected(reply.body.opcode().name())),
+        }
+    }
+
+    /// Sends Ping and waits for its Pong; returns the round-trip time.
+    pub async fn ping(&mut self) -> Result<Duration, ClientError> {
+        let seq = self.seq();
+        let start = Instant::now();
+        self.send(&Frame::ping(seq)).await?;
+        let reply = self.reply_to(seq).await?;
+        match reply.body {
+            Body::Pong => Ok(start.elapsed()),
+            _ => Err(ClientError::Unexpected(reply.body.opcode().name())),
+        }
+    }
+
+    /// Acknowledges a push.
+    pub async fn ack(&mut self, message_id: u64) -> Result<(), ClientError> {
+        let seq = self.seq();
+        self.send(&Frame::push_ack(seq, message_id)).await
+    }
+
+    /// Waits for the next push, acknowledging it if the server asked for an ack.
+    /// Returns `None` when the server closed the connection cleanly.
+    pub async fn next_push(&mut self) -> Result<Option<Push>, ClientError> {
+        loop {
+            let Some(frame) = self.recv().await? else {
+                return Ok(None);
+            };
+            match frame.body {
+                Body::Push(p) => {
+                    if frame.flags & FLAG_ACK_REQUIRED != 0 {
+                        self.ack(p.message_id).await?;
+                    }
+                    return Ok(Some(p));
+                }
+                Body::Close(c) => return Err(closed(c)),
+                Body::Error(e) => return Err(ClientError::Rejected { code: e.code, message: e.message }),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Sends Close(NORMAL) and shuts the connection down.
+    pub async fn close(mut self) -> Result<(), ClientError> {
+        self.send(&Frame::close(0, CloseReason::Normal, "bye")).await?;
+        self.stream.shutdown().await?;
+        Ok(())
+    }
+
+    /// Writes one frame.
+    pub async fn send(&mut self, frame: &Frame) -> Result<(), ClientError> {
+        self.wbuf.clear();
+        frame.encode(&mut self.wbuf)?;
+        self.stream.write_all(&self.wbuf).await?;
+        Ok(())
+    }
+
+    /// Writes raw bytes (for tests of malformed input).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.stream.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// The next frame from the server, or `None` at a clean end of stream.
+    pub async fn recv(&mut self) -> Result<Option<Frame>, ClientError> {
+        if let Some(f) = self.pending.pop_front() {
+            return Ok(Some(f));
+        }
+        self.read_frame().await
+    }
+
+    async fn read_frame(&mut self) -> Result<Option<Frame>, ClientError> {
+        loop {
+            if let Some(frame) = decode_buf(&mut self.rbuf, MAX_FRAME_LEN)? {
+                return Ok(Some(frame));
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+                self.rbuf.reserve(4096);
+            }
+            let n = self.stream.read_buf(&mut self.rbuf).await?;
+            if n == 0 {
+                if self.rbuf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(ClientError::Truncated);
+            }
+        }
+    }
+
+    /// Reads until the reply to `seq` arrives, keeping other frames for `recv`.
+    async fn reply_to(&mut self, seq: u32) -> Result<Frame, ClientError> {
+        loop {
+            let Some(frame) = self.read_frame().await? else {
+                return Err(ClientError::Eof);
+            };
+            match &frame.body {
+                Body::Error(e) if frame.seq == seq || frame.seq == 0 => {
+                    return Err(ClientError::Rejected {
+                        code: e.code,
+                        message: e.message.clone(),
+                    })
+                }
+                Body::Close(c) => return Err(closed(c.clone())),
+                Body::BindAck(_) | Body::Pong if frame.seq == seq => return Ok(frame),
+                _ => self.pending.push_back(frame),
+            }
+        }
+    }
+}
+
+fn closed(c: Close) -> ClientError {
+    ClientError::Closed {
+        reason: c.reason,
+        message: c.message,
+    }
+}

@@ -1,0 +1,540 @@
+//! One I/O core: a thread with its own tokio-uring runtime, listener, sessions,
+//! read buffers and timers. Nothing here is shared with other cores except the
+//! device [`Registry`](super::registry::Registry) and the cores' mailboxes.
+
+use std::cell::{Cell, RefCell};
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use slab::Slab;
+use tokio::sync::{mpsc, Notify};
+use tokio_uring::net::{TcpListener, TcpStream};
+
+use super::log_limit::RateLimitedLog;
+use super::node::{CoreCommand, DrainReport, SessionView, SharedNode};
+use super::read_pool::ReadPool;
+use super::registry::Location;
+use crate::metrics::{self as m, CoreMetrics};
+use crate::protocol::{self, CloseReason};
+use crate::session::{Action, PresenceChange, Session, SessionState};
+
+/// How long a closing connection may take to flush its last frames before its
+/// socket is shut down regardless (a peer that stopped reading).
+const CLOSE_LINGER: Duration = Duration::from_secs(5);
+/// Read buffers per core: reads in flight at once, not connections.
+const READ_BUFFERS: usize = 256;
+
+/// One connection as the core tracks it.
+pub(super) struct Conn {
+    pub stream: Rc<TcpStream>,
+    pub session: Session,
+    pub peer: SocketAddr,
+    /// Encoded frames waiting for the writer (unallocated when idle).
+    pub outbound: BytesMut,
+    /// The start of a frame whose rest has not arrived (unallocated when idle).
+    pub inbound: BytesMut,
+    /// A writer task is flushing `outbound`.
+    pub writing: bool,
+    /// The reader task has ended; the entry goes once the writer is done too.
+    pub reader_done: bool,
+    /// Set when the session decided to close: flush, then shut the socket down.
+    pub closing_since: Option<Instant>,
+}
+
+pub struct Core {
+    pub id: u16,
+    node: SharedNode,
+    conns: RefCell<Slab<Conn>>,
+    next_serial: Cell<u64>,
+    pub(super) reads: ReadPool,
+    draining: Cell<bool>,
+    drained: Notify,
+    metrics: CoreMetrics,
+    accept_log: RateLimitedLog,
+}
+
+impl Core {
+    pub fn new(id: u16, node: SharedNode) -> Core {
+        Core {
+            id,
+            node,
+            conns: RefCell::new(Slab::new()),
+            next_serial: Cell::new(1),
+            reads: ReadPool::new(READ_BUFFERS),
+            draining: Cell::new(false),
+            drained: Notify::new(),
+            metrics: CoreMetrics::new(),
+            accept_log: RateLimitedLog::new(Duration::from_secs(5)),
+        }
+    }
+
+    /// Runs the core until it has drained. Spawns the accept loop and the timer.
+    pub async fn run(
+        self: Rc<Self>,
+        listener: std::net::TcpListener,
+        mut rx: mpsc::UnboundedReceiver<CoreCommand>,
+    ) {
+        let listen_fd = listener.as_raw_fd();
+        let listener = TcpListener::from_std(listener);
+        tokio_uring::spawn(self.clone().accept_loop(listener));
+        tokio_uring::spawn(self.clone().timer_loop());
+        while let Some(cmd) = rx.recv().await {
+            match cmd {
+                CoreCommand::Kick {
+                    slot,
+                    session_id,
+                    reason,
+                } => self.kick(slot as usize, session_id, reason),
+                CoreCommand::Inspect {
+                    slot,
+                    session_id,
+                    reply,
+                } => {
+                    let _ = reply.send(self.inspect(slot as usize, session_id));
+                }
+                CoreCommand::Drain { reply } => {
+                    let report = self.drain(listen_fd).await;
+                    let _ = reply.send(report);
+                    return;
+                }
+            }
+        }
+    }
+
+    // ----- accepting -------------------------------------------------------
+
+    async fn accept_loop(self: Rc<Self>, listener: TcpListener) {
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            // The accept future is always awaited to completion (never raced in
+            // a select!): tokio-uring would leak the fd of a dropped accept.
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    backoff = Duration::from_millis(5);
+                    if self.draining.get() {
+                        let _ = stream.shutdown(Shutdown::Both);
+                        continue;
+                    }
+                    self.on_accept(stream, peer);
+                }
+                Err(e) if self.draining.get() => {
+                    tracing::debug!(core = self.id, error = %e, "accept loop stopped for drain");
+                    return;
+                }
+                Err(e) => {
+                    let errno = errno_name(e.raw_os_error());
+                    m::accept_error(errno);
+                    match e.raw_os_error() {
+                        // Out of fds or memory: back off so the loop does not spin,
+                        // and recover as soon as connections close.
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                            self.accept_log.warn(|suppressed| {
+                                tracing::warn!(core = self.id, errno, suppressed, backoff_ms = backoff.as_millis() as u64,
+                                    "accept failed: out of file descriptors or memory; backing off")
+                            });
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(1));
+                        }
+                        // The peer went away between SYN and accept: harmless.
+                        Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM | libc::EINTR) => {}
+                        _ => {
+                            self.accept_log.warn(|suppressed| {
+                                tracing::error!(core = self.id, error = %e, suppressed, "accept failed")
+                            });
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(1));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_accept(self: &Rc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let serial = self.next_serial.get();
+        self.next_serial.set(serial + 1);
+        // Core id in the top bits makes session ids unique per node without a
+        // shared counter.
+        let session_id = ((self.id as u64) << 48) | (serial & ((1 << 48) - 1));
+        let stream = Rc::new(stream);
+        let slot = self.conns.borrow_mut().insert(Conn {
+            stream: stream.clone(),
+            session: Session::new(session_id, Instant::now()),
+            peer,
+            outbound: BytesMut::new(),
+            inbound: BytesMut::new(),
+            writing: false,
+            reader_done: false,
+            closing_since: None,
+        });
+        self.metrics.accepted.increment(1);
+        self.metrics.connections.increment(1.0);
+        tokio_uring::spawn(super::connection::read_loop(self.clone(), slot, session_id, stream));
+    }
+
+    // ----- inbound ---------------------------------------------------------
+
+    /// True while the connection exists and has not decided to close.
+    pub(super) fn is_open(&self, slot: usize, sid: u64) -> bool {
+        self.conns
+            .borrow()
+            .get(slot)
+            .is_some_and(|c| c.session.session_id() == sid && c.closing_since.is_none())
+    }
+
+    /// Feeds bytes read from the socket to the session. Returns whether the
+    /// reader should keep reading.
+    pub(super) fn on_bytes(self: &Rc<Self>, slot: usize, sid: u64, bytes: &[u8]) -> bool {
+        if bytes.is_empty() {
+            self.transport_closed(slot, sid, "peer_closed");
+            return false;
+        }
+        let now = Instant::now();
+        let unix_now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut actions = Vec::new();
+        {
+            let mut conns = self.conns.borrow_mut();
+            let Some(c) = conns.get_mut(slot).filter(|c| c.session.session_id() == sid) else {
+                return false;
+            };
+            let cfg = &self.node.session;
+            let max = cfg.max_frame_len as usize;
+            // Fast path: whole frames straight from the pooled read buffer; only
+            // an incomplete tail is copied into the connection's own buffer.
+            let mut held = std::mem::take(&mut c.inbound);
+            let src: &[u8] = if held.is_empty() {
+                bytes
+            } else {
+                held.extend_from_slice(bytes);
+                &held
+            };
+            let mut used = 0;
+            loop {
+                if c.session.state() == SessionState::Closing {
+                    break;
+                }
+                match protocol::decode(&src[used..], max) {
+                    Ok(Some((frame, n))) => {
+                        used += n;
+                        c.session
+                            .handle_frame(frame, now, unix_now, cfg, &self.node.auth, &mut actions);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(core = self.id, peer = %c.peer, error = %e, "protocol error");
+                        c.session.handle_decode_error(&e, &mut actions);
+                        break;
+                    }
+                }
+            }
+            if c.session.state() != SessionState::Closing && used < src.len() {
+                let mut rest = BytesMut::with_capacity(src.len() - used);
+                rest.extend_from_slice(&src[used..]);
+                c.inbound = rest;
+            }
+        }
+        self.apply(slot, sid, actions);
+        self.is_open(slot, sid)
+    }
+
+    /// The socket reached EOF or failed.
+    pub(super) fn transport_closed(self: &Rc<Self>, slot: usize, sid: u64, why: &'static str) {
+        let mut actions = Vec::new();
+        let stream = {
+            let mut conns = self.conns.borrow_mut();
+            let Some(c) = conns.get_mut(slot).filter(|c| c.session.session_id() == sid) else {
+                return;
+            };
+            if c.closing_since.is_none() {
+                m::closed(why);
+                c.closing_since = Some(Instant::now());
+            }
+            c.session.handle_transport_closed(&mut actions);
+            c.outbound = BytesMut::new();
+            c.stream.clone()
+        };
+        self.apply(slot, sid, actions);
+        let _ = stream.shutdown(Shutdown::Both);
+    }
+
+    // ----- acting on session decisions -------------------------------------
+
+    /// Carries out a session's actions for the connection at `slot`.
+    fn apply(self: &Rc<Self>, slot: usize, sid: u64, actions: Vec<Action>) {
+        let mut replaced = Vec::new();
+        let mut flush = false;
+        for action in actions {
+            match action {
+                Action::Send(frame) => {
+                    let mut conns = self.conns.borrow_mut();
+                    if let Some(c) = conns.get_mut(slot).filter(|c| c.session.session_id() == sid) {
+                        if let Err(e) = frame.encode(&mut c.outbound) {
+                            tracing::error!(core = self.id, error = %e, "cannot encode a server frame");
+                        }
+                        flush = true;
+                    }
+                }
+                Action::Presence(PresenceChange::Online {
+                    device_id,
+                    session_id,
+                    ..
+                }) => {
+                    self.metrics.sessions.increment(1.0);
+                    self.metrics.binds_ok.increment(1);
+                    let loc = Location {
+                        core: self.id,
+                        slot: slot as u32,
+                        session_id,
+                    };
+                    if let Some(old) = self.node.registry.bind(&device_id, loc) {
+                        replaced.push(old);
+                    }
+                }
+                Action::Presence(PresenceChange::Offline {
+                    device_id,
+                    session_id,
+                    ..
+                }) => {
+                    self.metrics.sessions.decrement(1.0);
+                    self.node.registry.unbind(&device_id, session_id);
+                }
+                Action::BindRejected(code) => m::bind_rejected(code.name()),
+                Action::Acked { .. } => self.metrics.push_acks.increment(1),
+                Action::Close { reason } => {
+                    let mut conns = self.conns.borrow_mut();
+                    if let Some(c) = conns.get_mut(slot).filter(|c| c.session.session_id() == sid) {
+                        if c.closing_since.is_none() {
+                            c.closing_since = Some(Instant::now());
+                            m::closed(reason.name());
+                            match reason {
+                                CloseReason::HeartbeatTimeout => self.metrics.heartbeat_timeouts.increment(1),
+                                CloseReason::BindTimeout => self.metrics.bind_timeouts.increment(1),
+                                _ => {}
+                            }
+                        }
+                        flush = true;
+                    }
+                }
+            }
+        }
+        if flush {
+            self.ensure_writer(slot, sid);
+        }
+        for old in replaced {
+            self.kick_at(old, CloseReason::Replaced);
+        }
+    }
+
+    /// Kicks a session wherever it lives on this node.
+    fn kick_at(self: &Rc<Self>, loc: Location, reason: CloseReason) {
+        m::kicked(reason.name());
+        if loc.core == self.id {
+            self.kick(loc.slot as usize, loc.session_id, reason);
+        } else if let Some(tx) = self.node.cores.get(loc.core as usize) {
+            let _ = tx.send(CoreCommand::Kick {
+                slot: loc.slot,
+                session_id: loc.session_id,
+                reason,
+            });
+        }
+    }
+
+    pub(super) fn kick(self: &Rc<Self>, slot: usize, sid: u64, reason: CloseReason) {
+        let mut actions = Vec::new();
+        {
+            let mut conns = self.conns.borrow_mut();
+            let Some(c) = conns.get_mut(slot).filter(|c| c.session.session_id() == sid) else {
+                return;
+            };
+            let msg = match reason {
+                CloseReason::Replaced => "the device bound again on another connection",
+                CloseReason::ServerShutdown => "server shutting down",
+                _ => "closed by the server",
+            };
+            c.session.kick(reason, msg, &mut actions);
+        }
+        self.apply(slot, sid, actions);
+    }
+
+    // ----- outbound --------------------------------------------------------
+
+    fn ensure_writer(self: &Rc<Self>, slot: usize, sid: u64) {
+        let stream = {
+            let mut conns = self.conns.borrow_mut();
+            let Some(c) = conns.get_mut(slot).filter(|c| c.session.session_id() == sid) else {
+                return;
+            };
+            if c.writing {
+                return;
+            }
+            c.writing = true;
+            c.stream.clone()
+        };
+        tokio_uring::spawn(super::connection::write_loop(self.clone(), slot, sid, stream));
+    }
+
+    /// Takes the bytes the writer should send next. `None` means the writer is
+    /// done: nothing is queued (the socket is shut down if the session is
+    /// closing, and the entry removed if the reader has ended too).
+    pub(super) fn next_outbound(&self, slot: usize, sid: u64) -> Option<bytes::Bytes> {
+        let mut conns = self.conns.borrow_mut();
+        let c = conns.get_mut(slot).filter(|c| c.session.session_id() == sid)?;
+        if !c.outbound.is_empty() {
+            return Some(std::mem::take(&mut c.outbound).freeze());
+        }
+        c.writing = false;
+        if c.closing_since.is_some() {
+            let _ = c.stream.shutdown(Shutdown::Both);
+        }
+        let remove = c.reader_done;
+        drop(conns);
+        if remove {
+            self.remove(slot, sid);
+        }
+        None
+    }
+
+    /// The reader task ended; remove the entry unless a writer still runs.
+    pub(super) fn reader_done(&self, slot: usize, sid: u64) {
+        let mut conns = self.conns.borrow_mut();
+        let Some(c) = conns.get_mut(slot).filter(|c| c.session.session_id() == sid) else {
+            return;
+        };
+        c.reader_done = true;
+        let remove = !c.writing;
+        drop(conns);
+        if remove {
+            self.remove(slot, sid);
+        }
+    }
+
+    fn remove(&self, slot: usize, sid: u64) {
+        let mut conns = self.conns.borrow_mut();
+        if conns.get(slot).is_some_and(|c| c.session.session_id() == sid) {
+            let c = conns.remove(slot);
+            // Shut down before the last reference drops: tokio-uring keeps an fd
+            // open while any op on it is parked, so closing alone may not end
+            // the connection.
+            let _ = c.stream.shutdown(Shutdown::Both);
+            self.metrics.connections.decrement(1.0);
+            if self.draining.get() && conns.is_empty() {
+                self.drained.notify_one();
+            }
+        }
+    }
+
+    // ----- timers ----------------------------------------------------------
+
+    /// Checks session deadlines at a coarse tick (a quarter of the shortest
+    /// timeout, between 50 ms and 1 s). One pass over the core's sessions per
+    /// tick is cheaper than a timer per session at a million sessions, and
+    /// keeps idle sessions free of timer state.
+    async fn timer_loop(self: Rc<Self>) {
+        let cfg = self.node.session;
+        let tick = (cfg.bind_timeout.min(cfg.heartbeat_timeout) / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut expired = Vec::new();
+        let mut lingering = Vec::new();
+        loop {
+            tokio::time::sleep(tick).await;
+            let now = Instant::now();
+            {
+                let conns = self.conns.borrow();
+                for (slot, c) in conns.iter() {
+                    match c.closing_since {
+                        Some(since) if now >= since + CLOSE_LINGER => lingering.push(c.stream.clone()),
+                        Some(_) => {}
+                        None => {
+                            if c.session.deadline(&cfg).is_some_and(|d| now >= d) {
+                                expired.push((slot, c.session.session_id()));
+                            }
+                        }
+                    }
+                }
+            }
+            for (slot, sid) in expired.drain(..) {
+                let mut actions = Vec::new();
+                if let Some(c) = self.conns.borrow_mut().get_mut(slot) {
+                    c.session.handle_timeout(now, &cfg, &mut actions);
+                }
+                self.apply(slot, sid, actions);
+            }
+            for stream in lingering.drain(..) {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    // ----- control ---------------------------------------------------------
+
+    fn inspect(&self, slot: usize, sid: u64) -> Option<SessionView> {
+        let conns = self.conns.borrow();
+        let c = conns.get(slot).filter(|c| c.session.session_id() == sid)?;
+        Some(SessionView {
+            node: self.node.node_id.clone(),
+            core: self.id,
+            peer: c.peer.to_string(),
+            info: c.session.info(Instant::now()),
+        })
+    }
+
+    async fn drain(self: &Rc<Self>, listen_fd: i32) -> DrainReport {
+        self.draining.set(true);
+        self.node.draining.store(true, Ordering::Relaxed);
+        // Shutting the listening socket down completes the pending accept with
+        // an error, which ends the accept loop without dropping the op.
+        unsafe {
+            libc::shutdown(listen_fd, libc::SHUT_RDWR);
+        }
+        let live: Vec<(usize, u64)> = self
+            .conns
+            .borrow()
+            .iter()
+            .map(|(slot, c)| (slot, c.session.session_id()))
+            .collect();
+        let total = live.len();
+        for (slot, sid) in live {
+            self.kick(slot, sid, CloseReason::ServerShutdown);
+        }
+        let deadline = tokio::time::Instant::now() + self.node_drain_timeout();
+        while !self.conns.borrow().is_empty() {
+            if tokio::time::timeout_at(deadline, self.drained.notified()).await.is_err() {
+                break;
+            }
+        }
+        let forced = self.conns.borrow().len();
+        for (_, c) in self.conns.borrow().iter() {
+            let _ = c.stream.shutdown(Shutdown::Both);
+        }
+        DrainReport {
+            closed: total - forced.min(total),
+            forced,
+        }
+    }
+
+    fn node_drain_timeout(&self) -> Duration {
+        self.node.drain_timeout
+    }
+}
+
+fn errno_name(errno: Option<i32>) -> &'static str {
+    match errno {
+        Some(libc::EMFILE) => "EMFILE",
+        Some(libc::ENFILE) => "ENFILE",
+        Some(libc::ENOBUFS) => "ENOBUFS",
+        Some(libc::ENOMEM) => "ENOMEM",
+        Some(libc::ECONNABORTED) => "ECONNABORTED",
+        Some(libc::EPROTO) => "EPROTO",
+        Some(libc::EPERM) => "EPERM",
+        Some(libc::EINTR) => "EINTR",
+        Some(libc::EINVAL) => "EINVAL",
+        _ => "other",
+    }
+}

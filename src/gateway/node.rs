@@ -1,0 +1,63 @@
+//! State shared by every core of one gateway process.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::registry::Registry;
+use crate::auth::Authenticator;
+use crate::protocol::CloseReason;
+use crate::session::{SessionConfig, SessionInfo};
+
+/// Read-only configuration plus the thread-safe device index and the cores'
+/// mailboxes. Core-local state (sessions, buffers) is never shared.
+pub struct Node {
+    pub node_id: String,
+    pub session: SessionConfig,
+    pub auth: Authenticator,
+    pub registry: Registry,
+    pub cores: Vec<mpsc::UnboundedSender<CoreCommand>>,
+    pub draining: AtomicBool,
+    pub started: Instant,
+    pub fd_limit: u64,
+    pub drain_timeout: std::time::Duration,
+}
+
+/// A message to one core, sent from another core or the control plane.
+pub enum CoreCommand {
+    /// Close the session at `slot` if it is still `session_id`.
+    Kick {
+        slot: u32,
+        session_id: u64,
+        reason: CloseReason,
+    },
+    /// Report the state of the session at `slot` if it is still `session_id`.
+    Inspect {
+        slot: u32,
+        session_id: u64,
+        reply: oneshot::Sender<Option<SessionView>>,
+    },
+    /// Stop accepting, send Close(SERVER_SHUTDOWN) to every session, and report
+    /// once every connection is closed or the drain timeout has passed.
+    Drain { reply: oneshot::Sender<DrainReport> },
+}
+
+/// What the admin API shows for one session.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionView {
+    pub node: String,
+    pub core: u16,
+    pub peer: String,
+    #[serde(flatten)]
+    pub info: SessionInfo,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DrainReport {
+    pub closed: usize,
+    pub forced: usize,
+}
+
+pub type SharedNode = Arc<Node>;

@@ -1,0 +1,181 @@
+//! Shared test harness: a real miopd process on loopback, plus small helpers.
+//!
+//! Each test starts its own gateway on free ports (`127.0.0.1:0`) and reads the
+//! addresses from the one `miopd ready ...` line it prints on stdout. The
+//! gateway runs in its own process, so a test's client sockets and the
+//! gateway's sockets count against different fd limits.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use miop::client::{Client, ClientError};
+use miop::protocol::{Body, Credential, Frame};
+
+pub const KEY: &str = "pk";
+
+pub struct Miopd {
+    child: Child,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub log: PathBuf,
+}
+
+pub struct Options {
+    pub args: Vec<String>,
+    /// Lower RLIMIT_NOFILE (soft and hard) for the gateway process.
+    pub fd_limit: Option<u64>,
+}
+
+impl Miopd {
+    pub fn start(args: &[&str]) -> Miopd {
+        Miopd::start_with(Options {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            fd_limit: None,
+        })
+    }
+
+    pub fn start_with(opts: Options) -> Miopd {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = std::env::temp_dir().join(format!("miopd-test-{}-{n}.log", std::process::id()));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_miopd"));
+        cmd.args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--app-key", KEY])
+            .args(&opts.args)
+            .env("MIOP_LOG", "debug")
+            .env_remove("MIOP_APP_KEYS")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap());
+        if let Some(limit) = opts.fd_limit {
+            use std::os::unix::process::CommandExt;
+            unsafe {
+                cmd.pre_exec(move || {
+                    let rl = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().expect("spawn miopd");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("miopd did not become ready; log: {}", log.display()));
+        let field = |name: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {line:?}; log: {}", std::fs::read_to_string(&log).unwrap_or_default()))
+                .parse()
+                .unwrap()
+        };
+        Miopd {
+            listen: field("listen="),
+            admin: field("admin="),
+            child,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(self.listen).await.expect("connect")
+    }
+
+    /// A client bound as `device` with the test app key.
+    pub async fn bound(&self, device: &str) -> Client {
+        let mut c = self.client().await;
+        c.bind(device, Credential::AppKey(KEY.into()), vec![]).await.expect("bind");
+        c
+    }
+
+    /// `GET path` on the admin API: (status, body). Plain HTTP/1.0 over std.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(self.admin).expect("admin connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (status, body)
+    }
+
+    /// The value of one sample in /metrics (`name` includes labels, if any).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics");
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .map(|v| v.trim().parse().unwrap())
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Miopd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` until it holds or `limit` passes; panics with `what` then.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The next frame from the server within `limit` (a deadline, not a pause).
+pub async fn next_frame(c: &mut Client, limit: Duration) -> Result<Option<Frame>, ClientError> {
+    tokio::time::timeout(limit, c.recv()).await.expect("no frame from server in time")
+}
+
+/// Reads frames until the server closes; returns the frames it sent.
+pub async fn frames_until_eof(c: &mut Client, limit: Duration) -> Vec<Body> {
+    let mut out = Vec::new();
+    let end = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(end, c.recv()).await.expect("server did not close in time") {
+            Ok(Some(f)) => out.push(f.body),
+            Ok(None) => return out,
+            // A reset after the last frame still counts as closed.
+            Err(ClientError::Io(_)) => return out,
+            Err(e) => panic!("unexpected client error: {e}"),
+        }
+    }
+}

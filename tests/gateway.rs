@@ -1,0 +1,282 @@
+//! Integration tests of miopd over real loopback sockets.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use miop::client::{Client, ClientError};
+use miop::protocol::{Body, CloseReason, Credential, ErrorCode, Frame, HEADER_LEN};
+use nix::sys::signal::Signal;
+
+const T: Duration = Duration::from_secs(10);
+
+fn close_reason(b: &Body) -> Option<CloseReason> {
+    match b {
+        Body::Close(c) => c.reason(),
+        _ => None,
+    }
+}
+
+fn error_code(b: &Body) -> Option<ErrorCode> {
+    match b {
+        Body::Error(e) => e.code(),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_with_good_key_is_acked_and_visible_to_admin() {
+    let gw = Miopd::start(&["--heartbeat", "20s"]);
+    let mut c = gw.client().await;
+    let ack = c
+        .bind("phone-1", Credential::AppKey(KEY.into()), vec!["news".into()])
+        .await
+        .unwrap();
+    assert_eq!(ack.heartbeat_interval_ms, 20_000);
+    assert_eq!(ack.heartbeat_timeout_ms, 60_000);
+    c.ping().await.unwrap();
+
+    let (status, body) = gw.get("/v1/sessions/phone-1");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["device_id"], "phone-1");
+    assert_eq!(v["state"], "bound");
+    assert_eq!(v["session_id"], ack.session_id);
+    assert_eq!(v["topics"][0], "news");
+    assert_eq!(v["frames_in"], 2);
+    assert_eq!(gw.get("/v1/sessions/nobody").0, 404);
+    assert_eq!(gw.metric("miop_sessions"), Some(1.0));
+    assert_eq!(gw.metric("miop_binds_total{result=\"ok\"}"), Some(1.0));
+    let (status, health) = gw.get("/healthz");
+    assert_eq!(status, 200);
+    assert!(health.contains("\"sessions\":1"), "{health}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_with_bad_key_gets_error_and_close_and_no_session() {
+    let gw = Miopd::start(&[]);
+    let mut c = gw.client().await;
+    let err = c
+        .bind("phone-2", Credential::AppKey("wrong".into()), vec![])
+        .await
+        .unwrap_err();
+    assert_eq!(err.error_code(), Some(ErrorCode::AuthFailed), "{err}");
+    let rest = frames_until_eof(&mut c, T).await;
+    assert_eq!(rest.iter().filter_map(close_reason).collect::<Vec<_>>(), vec![CloseReason::AuthFailed]);
+    assert_eq!(gw.get("/v1/sessions/phone-2").0, 404);
+    assert_eq!(gw.metric("miop_binds_total{result=\"auth_failed\"}"), Some(1.0));
+    assert_eq!(gw.metric("miop_sessions"), Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_mode_accepts_minted_tokens_only_for_their_device() {
+    let gw = Miopd::start(&["--token-secret", "s3cret"]);
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let token = miop::auth::mint_token(b"s3cret", "phone-t", exp);
+    let mut ok = gw.client().await;
+    ok.bind("phone-t", Credential::Token(token.clone()), vec![]).await.unwrap();
+    let mut stolen = gw.client().await;
+    let err = stolen.bind("phone-u", Credential::Token(token), vec![]).await.unwrap_err();
+    assert_eq!(err.error_code(), Some(ErrorCode::AuthFailed));
+    let expired = miop::auth::mint_token(b"s3cret", "phone-v", 1);
+    let mut old = gw.client().await;
+    let err = old.bind("phone-v", Credential::Token(expired), vec![]).await.unwrap_err();
+    assert_eq!(err.error_code(), Some(ErrorCode::AuthFailed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_timeout_closes_a_silent_client_but_not_a_pinging_one() {
+    let gw = Miopd::start(&["--heartbeat", "200ms", "--heartbeat-timeout", "800ms"]);
+    let mut silent = gw.bound("silent").await;
+    let mut alive = gw.bound("alive").await;
+    let pinger = tokio::spawn(async move {
+        // Ping well inside the timeout until the silent one has been closed.
+        for _ in 0..40 {
+            alive.ping().await.expect("pinging session must stay up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        alive
+    });
+    let frames = frames_until_eof(&mut silent, T).await;
+    assert_eq!(frames.iter().filter_map(close_reason).collect::<Vec<_>>(), vec![CloseReason::HeartbeatTimeout]);
+    let mut alive = pinger.await.unwrap();
+    alive.ping().await.unwrap();
+    assert_eq!(gw.get("/v1/sessions/silent").0, 404);
+    assert_eq!(gw.get("/v1/sessions/alive").0, 200);
+    assert_eq!(gw.metric("miop_heartbeat_timeouts_total"), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_timeout_closes_a_connection_that_never_binds() {
+    let gw = Miopd::start(&["--bind-timeout", "300ms"]);
+    let mut c = gw.client().await;
+    let frames = frames_until_eof(&mut c, T).await;
+    assert_eq!(frames.iter().filter_map(close_reason).collect::<Vec<_>>(), vec![CloseReason::BindTimeout]);
+    assert_eq!(gw.metric("miop_bind_timeouts_total"), Some(1.0));
+    wait_until(T, "connection gauge back to 0", || gw.metric("miop_connections") == Some(0.0));
+}
+
+/// Core id of a session: the top 16 bits of its id (see gateway::core).
+fn core_of(session_id: u64) -> u64 {
+    session_id >> 48
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_bind_kicks_the_older_session_on_the_same_and_another_core() {
+    let gw = Miopd::start(&["--cores", "2"]);
+    let mut old = gw.client().await;
+    let mut old_core = core_of(old.bind("dup", Credential::AppKey(KEY.into()), vec![]).await.unwrap().session_id);
+    let (mut same, mut cross) = (0, 0);
+    // SO_REUSEPORT hashes each connection to a core; rebind on new connections
+    // until both cases have happened (each has probability 1/2 per try).
+    for _ in 0..64 {
+        let mut new = gw.client().await;
+        let ack = new.bind("dup", Credential::AppKey(KEY.into()), vec![]).await.unwrap();
+        let frames = frames_until_eof(&mut old, T).await;
+        assert_eq!(frames.iter().filter_map(close_reason).collect::<Vec<_>>(), vec![CloseReason::Replaced]);
+        let new_core = core_of(ack.session_id);
+        if new_core == old_core { same += 1 } else { cross += 1 }
+        // The newest session is the one the node knows.
+        let (_, body) = gw.get("/v1/sessions/dup");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["session_id"], ack.session_id);
+        assert_eq!(v["core"], new_core);
+        new.ping().await.unwrap();
+        old = new;
+        old_core = new_core;
+        if same > 0 && cross > 0 {
+            break;
+        }
+    }
+    assert!(same > 0 && cross > 0, "saw same-core {same} and cross-core {cross} replacements");
+    assert_eq!(gw.metric("miop_sessions"), Some(1.0));
+}
+
+/// A header with arbitrary fields, for hand-made bad frames.
+fn header(frame_len: u32, version: u8, opcode: u8, seq: u32) -> Vec<u8> {
+    let mut h = Vec::with_capacity(HEADER_LEN);
+    h.extend_from_slice(&frame_len.to_be_bytes());
+    h.extend_from_slice(&(HEADER_LEN as u16).to_be_bytes());
+    h.extend_from_slice(&[version, opcode, 0, 0, 0, 0]);
+    h.extend_from_slice(&seq.to_be_bytes());
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_get_an_error_and_a_close_while_other_sessions_continue() {
+    let gw = Miopd::start(&["--max-frame", "4096"]);
+    let mut healthy = gw.bound("healthy").await;
+
+    let mut too_big = header(1 << 20, 1, 0x03, 41);
+    too_big.extend(std::iter::repeat_n(0u8, 2000));
+    let mut trailing = header(HEADER_LEN as u32 + 3, 1, 0x03, 42); // Ping has no body
+    trailing.extend_from_slice(&[1, 2, 3]);
+    let mut bad_utf8 = header(HEADER_LEN as u32 + 6, 1, 0x01, 45);
+    bad_utf8.extend_from_slice(&[2, 0xff, 0xfe, 1, 0, 0]);
+    let cases: Vec<(&str, Vec<u8>, ErrorCode, u32)> = vec![
+        ("oversized", too_big, ErrorCode::FrameTooLarge, 41),
+        ("trailing bytes", trailing, ErrorCode::Malformed, 42),
+        ("bad version", header(16, 9, 0x03, 43), ErrorCode::UnsupportedVersion, 43),
+        ("unknown opcode", header(16, 1, 0x7f, 44), ErrorCode::UnknownOpcode, 44),
+        ("bad utf-8 device id", bad_utf8, ErrorCode::Malformed, 45),
+        ("server-only opcode", header(16, 1, 0x04, 46), ErrorCode::UnknownOpcode, 46),
+    ];
+    for (name, bytes, code, seq) in cases {
+        let mut c = gw.bound(&format!("bad-{seq}")).await;
+        c.send_raw(&bytes).await.unwrap();
+        let frames = frames_until_eof(&mut c, T).await;
+        assert_eq!(frames.iter().filter_map(error_code).collect::<Vec<_>>(), vec![code], "{name}");
+        assert_eq!(
+            frames.iter().filter_map(close_reason).collect::<Vec<_>>(),
+            vec![CloseReason::ProtocolError],
+            "{name}"
+        );
+        // The Error frame names the offending frame by its seq.
+        assert!(frames.iter().any(|b| matches!(b, Body::Error(_))));
+        assert_eq!(gw.get(&format!("/v1/sessions/bad-{seq}")).0, 404, "{name}");
+        healthy.ping().await.unwrap_or_else(|e| panic!("healthy session hurt by {name}: {e}"));
+    }
+    // A frame before Bind is refused too.
+    let mut early = gw.client().await;
+    early.send(&Frame::ping(7)).await.unwrap();
+    let frames = frames_until_eof(&mut early, T).await;
+    assert_eq!(frames.iter().filter_map(error_code).collect::<Vec<_>>(), vec![ErrorCode::NotBound]);
+    healthy.ping().await.unwrap();
+    assert_eq!(gw.metric("miop_sessions"), Some(1.0));
+    assert_eq!(gw.metric("miop_connections_closed_total{reason=\"protocol_error\"}"), Some(7.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_and_coalesced_frames_are_both_understood() {
+    let gw = Miopd::start(&[]);
+    let mut c = gw.bound("splitter").await;
+    // Three pings in one write, then one ping a byte at a time.
+    let mut three = Vec::new();
+    for seq in 100..103 {
+        three.extend_from_slice(&Frame::ping(seq).to_bytes().unwrap());
+    }
+    c.send_raw(&three).await.unwrap();
+    for seq in 100..103 {
+        let f = next_frame(&mut c, T).await.unwrap().unwrap();
+        assert_eq!((f.seq, f.body), (seq, Body::Pong));
+    }
+    for b in Frame::ping(200).to_bytes().unwrap().iter() {
+        c.send_raw(&[*b]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let f = next_frame(&mut c, T).await.unwrap().unwrap();
+    assert_eq!((f.seq, f.body), (200, Body::Pong));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_every_session_with_close_and_exits() {
+    let mut gw = Miopd::start(&["--cores", "2", "--drain-timeout", "5s"]);
+    let mut clients = Vec::new();
+    for i in 0..50 {
+        clients.push(gw.bound(&format!("drain-{i}")).await);
+    }
+    // Stop accepting: after the signal, new connections are refused or closed.
+    gw.signal(Signal::SIGTERM);
+    for c in clients.iter_mut() {
+        let frames = frames_until_eof(c, T).await;
+        assert_eq!(frames.iter().filter_map(close_reason).collect::<Vec<_>>(), vec![CloseReason::ServerShutdown]);
+    }
+    let status = gw.wait_exit(T).expect("miopd did not exit after draining");
+    assert!(status.success(), "{status:?}");
+    let log = gw.log_text();
+    assert!(log.contains("drained; exiting"), "{log}");
+    assert!(Client::connect(gw.listen).await.is_err(), "listener must be closed after exit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fd_exhaustion_backs_off_and_recovers() {
+    // 64 fds: a few for the process, rings and listeners, then ~40 connections.
+    let gw = Miopd::start_with(Options { args: vec!["--cores".into(), "1".into()], fd_limit: Some(64) });
+    let mut hold = Vec::new();
+    for _ in 0..80 {
+        // Connects complete in the kernel's backlog even when accept fails.
+        hold.push(tokio::net::TcpStream::connect(gw.listen).await.unwrap());
+    }
+    wait_until(T, "EMFILE counted", || {
+        gw.metric("miop_accept_errors_total{errno=\"EMFILE\"}").unwrap_or(0.0) > 0.0
+    });
+    // The node still serves its admin API and has not exited.
+    assert_eq!(gw.get("/healthz").0, 200);
+    drop(hold);
+    // Once fds are free again, new devices bind.
+    let mut c: Option<Client> = None;
+    for _ in 0..50 {
+        let mut attempt = gw.client().await;
+        match tokio::time::timeout(Duration::from_secs(5), attempt.bind("after-emfile", Credential::AppKey(KEY.into()), vec![])).await {
+            Ok(Ok(_)) => {
+                c = Some(attempt);
+                break;
+            }
+            Ok(Err(ClientError::Io(_) | ClientError::Eof)) | Err(_) => continue,
+            Ok(Err(e)) => panic!("unexpected: {e}"),
+        }
+    }
+    c.expect("gateway did not recover after fds were released").ping().await.unwrap();
+    assert!(gw.log_text().contains("backing off"));
+}
