@@ -91,7 +91,12 @@ impl Authenticator {
     }
 
     /// Checks `credential` for `device_id` at wall-clock time `unix_now` (seconds).
-    pub fn check(&self, device_id: &str, credential: &Credential, unix_now: u64) -> Result<(), AuthError> {
+    pub fn check(
+        &self,
+        device_id: &str,
+        credential: &Credential,
+        unix_now: u64,
+    ) -> Result<(), AuthError> {
         match credential {
             Credential::AppKey(key) => {
                 if self.app_keys.is_empty() {
@@ -110,7 +115,10 @@ impl Authenticator {
                 }
             }
             Credential::Token(token) => {
-                let secret = self.token_secret.as_deref().ok_or(AuthError::TokensDisabled)?;
+                let secret = self
+                    .token_secret
+                    .as_deref()
+                    .ok_or(AuthError::TokensDisabled)?;
                 verify_token(secret, device_id, token, unix_now)
             }
         }
@@ -121,21 +129,30 @@ impl Authenticator {
 pub fn mint_token(secret: &[u8], device_id: &str, expires_unix: u64) -> String {
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts any key length");
     mac.update(token_message(device_id, expires_unix).as_bytes());
-    format!("{expires_unix}.{}", hex::encode(mac.finalize().into_bytes()))
+    format!(
+        "{expires_unix}.{}",
+        hex::encode(mac.finalize().into_bytes())
+    )
 }
 
 fn token_message(device_id: &str, expires_unix: u64) -> String {
     format!("miop-token-v1:{device_id}:{expires_unix}")
 }
 
-fn verify_token(secret: &[u8], device_id: &str, token: &str, unix_now: u64) -> Result<(), AuthError> {
+fn verify_token(
+    secret: &[u8],
+    device_id: &str,
+    token: &str,
+    unix_now: u64,
+) -> Result<(), AuthError> {
     let (expires, mac_hex) = token.split_once('.').ok_or(AuthError::BadTokenFormat)?;
     let expires: u64 = expires.parse().map_err(|_| AuthError::BadTokenFormat)?;
     let tag = hex::decode(mac_hex).map_err(|_| AuthError::BadTokenFormat)?;
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts any key length");
     mac.update(token_message(device_id, expires).as_bytes());
     // verify_slice compares in constant time.
-    mac.verify_slice(&tag).map_err(|_| AuthError::BadSignature)?;
+    mac.verify_slice(&tag)
+        .map_err(|_| AuthError::BadSignature)?;
     if expires <= unix_now {
         return Err(AuthError::TokenExpired);
     }
@@ -177,13 +194,31 @@ mod tests {
         let t = mint_token(b"s3cret", "dev-1", 1000);
         let tok = |s: &str| Credential::Token(s.into());
         assert_eq!(a.check("dev-1", &tok(&t), 999), Ok(()));
-        assert_eq!(a.check("dev-1", &tok(&t), 1000), Err(AuthError::TokenExpired));
-        assert_eq!(a.check("dev-2", &tok(&t), 999), Err(AuthError::BadSignature));
+        assert_eq!(
+            a.check("dev-1", &tok(&t), 1000),
+            Err(AuthError::TokenExpired)
+        );
+        assert_eq!(
+            a.check("dev-2", &tok(&t), 999),
+            Err(AuthError::BadSignature)
+        );
         let forged = t.replacen("1000", "9000", 1);
-        assert_eq!(a.check("dev-1", &tok(&forged), 999), Err(AuthError::BadSignature));
-        assert_eq!(a.check("dev-1", &tok("nodot"), 0), Err(AuthError::BadTokenFormat));
-        assert_eq!(a.check("dev-1", &tok("12.zz"), 0), Err(AuthError::BadTokenFormat));
-        assert_eq!(a.check("dev-1", &key("pk"), 0), Err(AuthError::AppKeysDisabled));
+        assert_eq!(
+            a.check("dev-1", &tok(&forged), 999),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            a.check("dev-1", &tok("nodot"), 0),
+            Err(AuthError::BadTokenFormat)
+        );
+        assert_eq!(
+            a.check("dev-1", &tok("12.zz"), 0),
+            Err(AuthError::BadTokenFormat)
+        );
+        assert_eq!(
+            a.check("dev-1", &key("pk"), 0),
+            Err(AuthError::AppKeysDisabled)
+        );
         assert!(Authenticator::new([String::new()], None).is_closed());
     }
 }

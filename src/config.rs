@@ -180,7 +180,10 @@ impl Config {
             }
             None => FileConfig::default(),
         };
-        let heartbeat = cli.heartbeat.or(file.heartbeat).unwrap_or(Duration::from_secs(30));
+        let heartbeat = cli
+            .heartbeat
+            .or(file.heartbeat)
+            .unwrap_or(Duration::from_secs(30));
         let mut session = SessionConfig::with_heartbeat(heartbeat);
         if let Some(t) = cli.heartbeat_timeout.or(file.heartbeat_timeout) {
             session.heartbeat_timeout = t;
@@ -188,7 +191,10 @@ impl Config {
         if let Some(t) = cli.bind_timeout.or(file.bind_timeout) {
             session.bind_timeout = t;
         }
-        let max_frame = cli.max_frame.or(file.max_frame).unwrap_or(MAX_FRAME_LEN as u32);
+        let max_frame = cli
+            .max_frame
+            .or(file.max_frame)
+            .unwrap_or(MAX_FRAME_LEN as u32);
         if !(HEADER_LEN as u32 + 64..=MAX_FRAME_LEN as u32).contains(&max_frame) {
             return Err(format!(
                 "--max-frame must be between {} and {MAX_FRAME_LEN}",
@@ -213,11 +219,21 @@ impl Config {
         let node_id = cli
             .node_id
             .or(file.node_id)
-            .or_else(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()))
+            .or_else(|| {
+                nix::unistd::gethostname()
+                    .ok()
+                    .and_then(|h| h.into_string().ok())
+            })
             .unwrap_or_else(|| "miopd".into());
         Ok(Config {
-            listen: cli.listen.or(file.listen).unwrap_or(DEFAULT_LISTEN.parse().unwrap()),
-            admin: cli.admin.or(file.admin).unwrap_or(DEFAULT_ADMIN.parse().unwrap()),
+            listen: cli
+                .listen
+                .or(file.listen)
+                .unwrap_or(DEFAULT_LISTEN.parse().unwrap()),
+            admin: cli
+                .admin
+                .or(file.admin)
+                .unwrap_or(DEFAULT_ADMIN.parse().unwrap()),
             cores,
             session,
             app_keys,
@@ -229,7 +245,10 @@ impl Config {
                 .or(file.drain_timeout)
                 .unwrap_or(Duration::from_secs(10)),
             node_id,
-            log_format: cli.log_format.or(file.log_format).unwrap_or(LogFormat::Human),
+            log_format: cli
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Human),
         })
     }
 }

@@ -26,17 +26,38 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     describe_gauge!(SESSIONS, "Bound sessions on this node now.");
-    describe_gauge!(CONNECTIONS, "Open device connections (bound or not) on this node now.");
+    describe_gauge!(
+        CONNECTIONS,
+        "Open device connections (bound or not) on this node now."
+    );
     describe_counter!(ACCEPTED, "Device connections accepted.");
-    describe_counter!(BINDS, "Bind attempts, by result (ok or the error code name).");
-    describe_counter!(HEARTBEAT_TIMEOUTS, "Bound sessions closed because no frame arrived within the heartbeat timeout.");
-    describe_counter!(BIND_TIMEOUTS, "Connections closed because no Bind arrived within the bind timeout.");
+    describe_counter!(
+        BINDS,
+        "Bind attempts, by result (ok or the error code name)."
+    );
+    describe_counter!(
+        HEARTBEAT_TIMEOUTS,
+        "Bound sessions closed because no frame arrived within the heartbeat timeout."
+    );
+    describe_counter!(
+        BIND_TIMEOUTS,
+        "Connections closed because no Bind arrived within the bind timeout."
+    );
     describe_counter!(CLOSES, "Device connections closed, by reason.");
-    describe_counter!(ACCEPT_ERRORS, "accept() failures, by errno name (EMFILE means the fd limit is reached).");
+    describe_counter!(
+        ACCEPT_ERRORS,
+        "accept() failures, by errno name (EMFILE means the fd limit is reached)."
+    );
     describe_counter!(PUSH_ACKS, "PushAck frames received.");
-    describe_counter!(KICKS, "Sessions kicked by the node, by reason (replaced = duplicate bind).");
+    describe_counter!(
+        KICKS,
+        "Sessions kicked by the node, by reason (replaced = duplicate bind)."
+    );
     describe_gauge!(CORES, "I/O cores (io_uring runtimes) serving connections.");
-    describe_gauge!(FD_LIMIT, "The process's file descriptor limit after start-up.");
+    describe_gauge!(
+        FD_LIMIT,
+        "The process's file descriptor limit after start-up."
+    );
     Ok(handle)
 }
 

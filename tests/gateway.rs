@@ -30,7 +30,11 @@ async fn bind_with_good_key_is_acked_and_visible_to_admin() {
     let gw = Miopd::start(&["--heartbeat", "20s"]);
     let mut c = gw.client().await;
     let ack = c
-        .bind("phone-1", Credential::AppKey(KEY.into()), vec!["news".into()])
+        .bind(
+            "phone-1",
+            Credential::AppKey(KEY.into()),
+            vec!["news".into()],
+        )
         .await
         .unwrap();
     assert_eq!(ack.heartbeat_interval_ms, 20_000);
@@ -63,25 +67,43 @@ async fn bind_with_bad_key_gets_error_and_close_and_no_session() {
         .unwrap_err();
     assert_eq!(err.error_code(), Some(ErrorCode::AuthFailed), "{err}");
     let rest = frames_until_eof(&mut c, T).await;
-    assert_eq!(rest.iter().filter_map(close_reason).collect::<Vec<_>>(), vec![CloseReason::AuthFailed]);
+    assert_eq!(
+        rest.iter().filter_map(close_reason).collect::<Vec<_>>(),
+        vec![CloseReason::AuthFailed]
+    );
     assert_eq!(gw.get("/v1/sessions/phone-2").0, 404);
-    assert_eq!(gw.metric("miop_binds_total{result=\"auth_failed\"}"), Some(1.0));
+    assert_eq!(
+        gw.metric("miop_binds_total{result=\"auth_failed\"}"),
+        Some(1.0)
+    );
     assert_eq!(gw.metric("miop_sessions"), Some(0.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_mode_accepts_minted_tokens_only_for_their_device() {
     let gw = Miopd::start(&["--token-secret", "s3cret"]);
-    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
     let token = miop::auth::mint_token(b"s3cret", "phone-t", exp);
     let mut ok = gw.client().await;
-    ok.bind("phone-t", Credential::Token(token.clone()), vec![]).await.unwrap();
+    ok.bind("phone-t", Credential::Token(token.clone()), vec![])
+        .await
+        .unwrap();
     let mut stolen = gw.client().await;
-    let err = stolen.bind("phone-u", Credential::Token(token), vec![]).await.unwrap_err();
+    let err = stolen
+        .bind("phone-u", Credential::Token(token), vec![])
+        .await
+        .unwrap_err();
     assert_eq!(err.error_code(), Some(ErrorCode::AuthFailed));
     let expired = miop::auth::mint_token(b"s3cret", "phone-v", 1);
     let mut old = gw.client().await;
-    let err = old.bind("phone-v", Credential::Token(expired), vec![]).await.unwrap_err();
+    let err = old
+        .bind("phone-v", Credential::Token(expired), vec![])
+        .await
+        .unwrap_err();
     assert_eq!(err.error_code(), Some(ErrorCode::AuthFailed));
 }
 
@@ -99,7 +121,10 @@ async fn heartbeat_timeout_closes_a_silent_client_but_not_a_pinging_one() {
         alive
     });
     let frames = frames_until_eof(&mut silent, T).await;
-    assert_eq!(frames.iter().filter_map(close_reason).collect::<Vec<_>>(), vec![CloseReason::HeartbeatTimeout]);
+    assert_eq!(
+        frames.iter().filter_map(close_reason).collect::<Vec<_>>(),
+        vec![CloseReason::HeartbeatTimeout]
+    );
     let mut alive = pinger.await.unwrap();
     alive.ping().await.unwrap();
     assert_eq!(gw.get("/v1/sessions/silent").0, 404);
@@ -112,9 +137,14 @@ async fn bind_timeout_closes_a_connection_that_never_binds() {
     let gw = Miopd::start(&["--bind-timeout", "300ms"]);
     let mut c = gw.client().await;
     let frames = frames_until_eof(&mut c, T).await;
-    assert_eq!(frames.iter().filter_map(close_reason).collect::<Vec<_>>(), vec![CloseReason::BindTimeout]);
+    assert_eq!(
+        frames.iter().filter_map(close_reason).collect::<Vec<_>>(),
+        vec![CloseReason::BindTimeout]
+    );
     assert_eq!(gw.metric("miop_bind_timeouts_total"), Some(1.0));
-    wait_until(T, "connection gauge back to 0", || gw.metric("miop_connections") == Some(0.0));
+    wait_until(T, "connection gauge back to 0", || {
+        gw.metric("miop_connections") == Some(0.0)
+    });
 }
 
 /// Core id of a session: the top 16 bits of its id (see gateway::core).
@@ -126,17 +156,32 @@ fn core_of(session_id: u64) -> u64 {
 async fn duplicate_bind_kicks_the_older_session_on_the_same_and_another_core() {
     let gw = Miopd::start(&["--cores", "2"]);
     let mut old = gw.client().await;
-    let mut old_core = core_of(old.bind("dup", Credential::AppKey(KEY.into()), vec![]).await.unwrap().session_id);
+    let mut old_core = core_of(
+        old.bind("dup", Credential::AppKey(KEY.into()), vec![])
+            .await
+            .unwrap()
+            .session_id,
+    );
     let (mut same, mut cross) = (0, 0);
     // SO_REUSEPORT hashes each connection to a core; rebind on new connections
     // until both cases have happened (each has probability 1/2 per try).
     for _ in 0..64 {
         let mut new = gw.client().await;
-        let ack = new.bind("dup", Credential::AppKey(KEY.into()), vec![]).await.unwrap();
+        let ack = new
+            .bind("dup", Credential::AppKey(KEY.into()), vec![])
+            .await
+            .unwrap();
         let frames = frames_until_eof(&mut old, T).await;
-        assert_eq!(frames.iter().filter_map(close_reason).collect::<Vec<_>>(), vec![CloseReason::Replaced]);
+        assert_eq!(
+            frames.iter().filter_map(close_reason).collect::<Vec<_>>(),
+            vec![CloseReason::Replaced]
+        );
         let new_core = core_of(ack.session_id);
-        if new_core == old_core { same += 1 } else { cross += 1 }
+        if new_core == old_core {
+            same += 1
+        } else {
+            cross += 1
+        }
         // The newest session is the one the node knows.
         let (_, body) = gw.get("/v1/sessions/dup");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -149,7 +194,10 @@ async fn duplicate_bind_kicks_the_older_session_on_the_same_and_another_core() {
             break;
         }
     }
-    assert!(same > 0 && cross > 0, "saw same-core {same} and cross-core {cross} replacements");
+    assert!(
+        same > 0 && cross > 0,
+        "saw same-core {same} and cross-core {cross} replacements"
+    );
     assert_eq!(gw.metric("miop_sessions"), Some(1.0));
 }
 
@@ -177,16 +225,35 @@ async fn bad_frames_get_an_error_and_a_close_while_other_sessions_continue() {
     let cases: Vec<(&str, Vec<u8>, ErrorCode, u32)> = vec![
         ("oversized", too_big, ErrorCode::FrameTooLarge, 41),
         ("trailing bytes", trailing, ErrorCode::Malformed, 42),
-        ("bad version", header(16, 9, 0x03, 43), ErrorCode::UnsupportedVersion, 43),
-        ("unknown opcode", header(16, 1, 0x7f, 44), ErrorCode::UnknownOpcode, 44),
+        (
+            "bad version",
+            header(16, 9, 0x03, 43),
+            ErrorCode::UnsupportedVersion,
+            43,
+        ),
+        (
+            "unknown opcode",
+            header(16, 1, 0x7f, 44),
+            ErrorCode::UnknownOpcode,
+            44,
+        ),
         ("bad utf-8 device id", bad_utf8, ErrorCode::Malformed, 45),
-        ("server-only opcode", header(16, 1, 0x04, 46), ErrorCode::UnknownOpcode, 46),
+        (
+            "server-only opcode",
+            header(16, 1, 0x04, 46),
+            ErrorCode::UnknownOpcode,
+            46,
+        ),
     ];
     for (name, bytes, code, seq) in cases {
         let mut c = gw.bound(&format!("bad-{seq}")).await;
         c.send_raw(&bytes).await.unwrap();
         let frames = frames_until_eof(&mut c, T).await;
-        assert_eq!(frames.iter().filter_map(error_code).collect::<Vec<_>>(), vec![code], "{name}");
+        assert_eq!(
+            frames.iter().filter_map(error_code).collect::<Vec<_>>(),
+            vec![code],
+            "{name}"
+        );
         assert_eq!(
             frames.iter().filter_map(close_reason).collect::<Vec<_>>(),
             vec![CloseReason::ProtocolError],
@@ -195,16 +262,25 @@ async fn bad_frames_get_an_error_and_a_close_while_other_sessions_continue() {
         // The Error frame names the offending frame by its seq.
         assert!(frames.iter().any(|b| matches!(b, Body::Error(_))));
         assert_eq!(gw.get(&format!("/v1/sessions/bad-{seq}")).0, 404, "{name}");
-        healthy.ping().await.unwrap_or_else(|e| panic!("healthy session hurt by {name}: {e}"));
+        healthy
+            .ping()
+            .await
+            .unwrap_or_else(|e| panic!("healthy session hurt by {name}: {e}"));
     }
     // A frame before Bind is refused too.
     let mut early = gw.client().await;
     early.send(&Frame::ping(7)).await.unwrap();
     let frames = frames_until_eof(&mut early, T).await;
-    assert_eq!(frames.iter().filter_map(error_code).collect::<Vec<_>>(), vec![ErrorCode::NotBound]);
+    assert_eq!(
+        frames.iter().filter_map(error_code).collect::<Vec<_>>(),
+        vec![ErrorCode::NotBound]
+    );
     healthy.ping().await.unwrap();
     assert_eq!(gw.metric("miop_sessions"), Some(1.0));
-    assert_eq!(gw.metric("miop_connections_closed_total{reason=\"protocol_error\"}"), Some(7.0));
+    assert_eq!(
+        gw.metric("miop_connections_closed_total{reason=\"protocol_error\"}"),
+        Some(7.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,26 +316,37 @@ async fn sigterm_drains_every_session_with_close_and_exits() {
     gw.signal(Signal::SIGTERM);
     for c in clients.iter_mut() {
         let frames = frames_until_eof(c, T).await;
-        assert_eq!(frames.iter().filter_map(close_reason).collect::<Vec<_>>(), vec![CloseReason::ServerShutdown]);
+        assert_eq!(
+            frames.iter().filter_map(close_reason).collect::<Vec<_>>(),
+            vec![CloseReason::ServerShutdown]
+        );
     }
     let status = gw.wait_exit(T).expect("miopd did not exit after draining");
     assert!(status.success(), "{status:?}");
     let log = gw.log_text();
     assert!(log.contains("drained; exiting"), "{log}");
-    assert!(Client::connect(gw.listen).await.is_err(), "listener must be closed after exit");
+    assert!(
+        Client::connect(gw.listen).await.is_err(),
+        "listener must be closed after exit"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fd_exhaustion_backs_off_and_recovers() {
     // 64 fds: a few for the process, rings and listeners, then ~40 connections.
-    let gw = Miopd::start_with(Options { args: vec!["--cores".into(), "1".into()], fd_limit: Some(64) });
+    let gw = Miopd::start_with(Options {
+        args: vec!["--cores".into(), "1".into()],
+        fd_limit: Some(64),
+    });
     let mut hold = Vec::new();
     for _ in 0..80 {
         // Connects complete in the kernel's backlog even when accept fails.
         hold.push(tokio::net::TcpStream::connect(gw.listen).await.unwrap());
     }
     wait_until(T, "EMFILE counted", || {
-        gw.metric("miop_accept_errors_total{errno=\"EMFILE\"}").unwrap_or(0.0) > 0.0
+        gw.metric("miop_accept_errors_total{errno=\"EMFILE\"}")
+            .unwrap_or(0.0)
+            > 0.0
     });
     // The node still serves its admin API and has not exited.
     assert_eq!(gw.get("/healthz").0, 200);
@@ -268,7 +355,12 @@ async fn fd_exhaustion_backs_off_and_recovers() {
     let mut c: Option<Client> = None;
     for _ in 0..50 {
         let mut attempt = gw.client().await;
-        match tokio::time::timeout(Duration::from_secs(5), attempt.bind("after-emfile", Credential::AppKey(KEY.into()), vec![])).await {
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            attempt.bind("after-emfile", Credential::AppKey(KEY.into()), vec![]),
+        )
+        .await
+        {
             Ok(Ok(_)) => {
                 c = Some(attempt);
                 break;
@@ -277,6 +369,9 @@ async fn fd_exhaustion_backs_off_and_recovers() {
             Ok(Err(e)) => panic!("unexpected: {e}"),
         }
     }
-    c.expect("gateway did not recover after fds were released").ping().await.unwrap();
+    c.expect("gateway did not recover after fds were released")
+        .ping()
+        .await
+        .unwrap();
     assert!(gw.log_text().contains("backing off"));
 }

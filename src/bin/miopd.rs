@@ -14,13 +14,23 @@ use tokio::signal::unix::{signal, SignalKind};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Token { device, ttl, secret }) = &cli.command {
+    if let Some(Command::Token {
+        device,
+        ttl,
+        secret,
+    }) = &cli.command
+    {
         let Some(secret) = secret.clone().or_else(|| cli.token_secret.clone()) else {
             eprintln!("miopd token: no secret (pass --secret or set MIOP_TOKEN_SECRET)");
             return ExitCode::from(2);
         };
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        println!("{}", mint_token(secret.as_bytes(), device, (now + *ttl).as_secs()));
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        println!(
+            "{}",
+            mint_token(secret.as_bytes(), device, (now + *ttl).as_secs())
+        );
         return ExitCode::SUCCESS;
     }
     let config = match Config::resolve(cli) {
@@ -127,9 +137,18 @@ fn run(config: Config) -> Result<(), String> {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
-        tracing::info!(signal = sig, sessions = gw.node.registry.len(), drain_timeout_ms = config.drain_timeout.as_millis() as u64, "draining");
+        tracing::info!(
+            signal = sig,
+            sessions = gw.node.registry.len(),
+            drain_timeout_ms = config.drain_timeout.as_millis() as u64,
+            "draining"
+        );
         let report = gw.drain().await;
-        tracing::info!(closed = report.closed, forced = report.forced, "drained; exiting");
+        tracing::info!(
+            closed = report.closed,
+            forced = report.forced,
+            "drained; exiting"
+        );
         Ok(())
     })
 }

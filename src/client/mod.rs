@@ -17,6 +17,7 @@
 //! ```
 
 mod error;
+pub mod fleet;
 mod url;
 
 use std::collections::VecDeque;
@@ -29,8 +30,8 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 pub use self::error::ClientError;
 pub use self::url::MiopUrl;
 use crate::protocol::{
-    decode_buf, Bind, BindAck, Body, Close, CloseReason, Credential, Frame, Push, FLAG_ACK_REQUIRED,
-    MAX_FRAME_LEN,
+    decode_buf, Bind, BindAck, Body, Close, CloseReason, Credential, Frame, Push,
+    FLAG_ACK_REQUIRED, MAX_FRAME_LEN,
 };
 
 /// One device connection.
@@ -81,8 +82,12 @@ impl Client {
 
     /// Binds with the URL's device id and app key.
     pub async fn bind_url(&mut self, url: &MiopUrl) -> Result<BindAck, ClientError> {
-        self.bind(&url.device_id, Credential::AppKey(url.app_key.clone()), Vec::new())
-            .await
+        self.bind(
+            &url.device_id,
+            Credential::AppKey(url.app_key.clone()),
+            Vec::new(),
+        )
+        .await
     }
 
     /// Sends Bind and waits for BindAck. An Error or Close from the server
@@ -146,7 +151,12 @@ impl Client {
                     return Ok(Some(p));
                 }
                 Body::Close(c) => return Err(closed(c)),
-                Body::Error(e) => return Err(ClientError::Rejected { code: e.code, message: e.message }),
+                Body::Error(e) => {
+                    return Err(ClientError::Rejected {
+                        code: e.code,
+                        message: e.message,
+                    })
+                }
                 _ => continue,
             }
         }
@@ -154,7 +164,8 @@ impl Client {
 
     /// Sends Close(NORMAL) and shuts the connection down.
     pub async fn close(mut self) -> Result<(), ClientError> {
-        self.send(&Frame::close(0, CloseReason::Normal, "bye")).await?;
+        self.send(&Frame::close(0, CloseReason::Normal, "bye"))
+            .await?;
         self.stream.shutdown().await?;
         Ok(())
     }

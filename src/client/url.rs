@@ -28,15 +28,23 @@ impl FromStr for MiopUrl {
     type Err = ClientError;
 
     fn from_str(s: &str) -> Result<MiopUrl, ClientError> {
-        let bad = |why: &str| ClientError::Url(format!("{why} in {s:?} (expected miop://DEVICE:KEY@HOST:PORT/)"));
+        let bad = |why: &str| {
+            ClientError::Url(format!(
+                "{why} in {s:?} (expected miop://DEVICE:KEY@HOST:PORT/)"
+            ))
+        };
         let rest = match s.split_once("://") {
             Some(("miop", rest)) => rest,
             Some((scheme, _)) => return Err(bad(&format!("unsupported scheme {scheme:?}"))),
             None => return Err(bad("missing scheme miop://")),
         };
         let rest = rest.split(['/', '?', '#']).next().unwrap_or("");
-        let (userinfo, hostport) = rest.rsplit_once('@').ok_or_else(|| bad("missing DEVICE:KEY@"))?;
-        let (device, key) = userinfo.split_once(':').ok_or_else(|| bad("missing :KEY after the device id"))?;
+        let (userinfo, hostport) = rest
+            .rsplit_once('@')
+            .ok_or_else(|| bad("missing DEVICE:KEY@"))?;
+        let (device, key) = userinfo
+            .split_once(':')
+            .ok_or_else(|| bad("missing :KEY after the device id"))?;
         if device.is_empty() {
             return Err(bad("empty device id"));
         }
@@ -57,10 +65,15 @@ impl FromStr for MiopUrl {
         }
         let port = match port {
             None => DEFAULT_PORT,
-            Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| bad("invalid port"))?,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| bad("invalid port"))?,
         };
         Ok(MiopUrl {
-            device_id: percent_decode(device).ok_or_else(|| bad("invalid %-escape in device id"))?,
+            device_id: percent_decode(device)
+                .ok_or_else(|| bad("invalid %-escape in device id"))?,
             app_key: percent_decode(key).ok_or_else(|| bad("invalid %-escape in app key"))?,
             host,
             port,
@@ -70,7 +83,11 @@ impl FromStr for MiopUrl {
 
 impl fmt::Display for MiopUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "miop://{}:***@{}:{}/", self.device_id, self.host, self.port)
+        write!(
+            f,
+            "miop://{}:***@{}:{}/",
+            self.device_id, self.host, self.port
+        )
     }
 }
 
@@ -103,7 +120,10 @@ mod tests {
         assert_eq!(u.app_key, "pk");
         assert_eq!(u.addr(), "127.0.0.1:7700");
         let u: MiopUrl = "miop://d%40x:k%3Ay@[::1]:9/".parse().unwrap();
-        assert_eq!((u.device_id.as_str(), u.app_key.as_str(), u.addr().as_str()), ("d@x", "k:y", "[::1]:9"));
+        assert_eq!(
+            (u.device_id.as_str(), u.app_key.as_str(), u.addr().as_str()),
+            ("d@x", "k:y", "[::1]:9")
+        );
         let u: MiopUrl = "miop://d:k@example".parse().unwrap();
         assert_eq!(u.port, DEFAULT_PORT);
     }

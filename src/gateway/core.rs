@@ -25,6 +25,8 @@ use crate::session::{Action, PresenceChange, Session, SessionState};
 /// How long a closing connection may take to flush its last frames before its
 /// socket is shut down regardless (a peer that stopped reading).
 const CLOSE_LINGER: Duration = Duration::from_secs(5);
+/// Cap on the per-core slot reservation (virtual memory, not RSS).
+const MAX_RESERVED_SLOTS: usize = 4 << 20;
 /// Read buffers per core: reads in flight at once, not connections.
 const READ_BUFFERS: usize = 256;
 
@@ -61,13 +63,18 @@ impl Core {
     pub fn new(id: u16, node: SharedNode) -> Core {
         Core {
             id,
-            node,
-            conns: RefCell::new(Slab::new()),
+            // Reserve for this core's share of the fd limit up front: untouched
+            // capacity is only virtual memory, whereas growing by doubling
+            // would copy the table and leave half of it allocated.
+            conns: RefCell::new(Slab::with_capacity(
+                (node.fd_limit as usize / node.cores.len().max(1)).min(MAX_RESERVED_SLOTS),
+            )),
             next_serial: Cell::new(1),
             reads: ReadPool::new(READ_BUFFERS),
             draining: Cell::new(false),
             drained: Notify::new(),
             metrics: CoreMetrics::new(),
+            node,
             accept_log: RateLimitedLog::new(Duration::from_secs(5)),
         }
     }
@@ -133,8 +140,13 @@ impl Core {
                         // and recover as soon as connections close.
                         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
                             self.accept_log.warn(|suppressed| {
-                                tracing::warn!(core = self.id, errno, suppressed, backoff_ms = backoff.as_millis() as u64,
-                                    "accept failed: out of file descriptors or memory; backing off")
+                                tracing::warn!(
+                                    core = self.id,
+                                    errno,
+                                    suppressed,
+                                    backoff_ms = backoff.as_millis() as u64,
+                                    "accept failed: out of file descriptors or memory; backing off"
+                                )
                             });
                             tokio::time::sleep(backoff).await;
                             backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -174,7 +186,12 @@ impl Core {
         });
         self.metrics.accepted.increment(1);
         self.metrics.connections.increment(1.0);
-        tokio_uring::spawn(super::connection::read_loop(self.clone(), slot, session_id, stream));
+        tokio_uring::spawn(super::connection::read_loop(
+            self.clone(),
+            slot,
+            session_id,
+            stream,
+        ));
     }
 
     // ----- inbound ---------------------------------------------------------
@@ -201,7 +218,10 @@ impl Core {
         let mut actions = Vec::new();
         {
             let mut conns = self.conns.borrow_mut();
-            let Some(c) = conns.get_mut(slot).filter(|c| c.session.session_id() == sid) else {
+            let Some(c) = conns
+                .get_mut(slot)
+                .filter(|c| c.session.session_id() == sid)
+            else {
                 return false;
             };
             let cfg = &self.node.session;
@@ -223,8 +243,14 @@ impl Core {
                 match protocol::decode(&src[used..], max) {
                     Ok(Some((frame, n))) => {
                         used += n;
-                        c.session
-                            .handle_frame(frame, now, unix_now, cfg, &self.node.auth, &mut actions);
+                        c.session.handle_frame(
+                            frame,
+                            now,
+                            unix_now,
+                            cfg,
+                            &self.node.auth,
+                            &mut actions,
+                        );
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -249,7 +275,10 @@ impl Core {
         let mut actions = Vec::new();
         let stream = {
             let mut conns = self.conns.borrow_mut();
-            let Some(c) = conns.get_mut(slot).filter(|c| c.session.session_id() == sid) else {
+            let Some(c) = conns
+                .get_mut(slot)
+                .filter(|c| c.session.session_id() == sid)
+            else {
                 return;
             };
             if c.closing_since.is_none() {
@@ -274,7 +303,10 @@ impl Core {
             match action {
                 Action::Send(frame) => {
                     let mut conns = self.conns.borrow_mut();
-                    if let Some(c) = conns.get_mut(slot).filter(|c| c.session.session_id() == sid) {
+                    if let Some(c) = conns
+                        .get_mut(slot)
+                        .filter(|c| c.session.session_id() == sid)
+                    {
                         if let Err(e) = frame.encode(&mut c.outbound) {
                             tracing::error!(core = self.id, error = %e, "cannot encode a server frame");
                         }
@@ -309,12 +341,17 @@ impl Core {
                 Action::Acked { .. } => self.metrics.push_acks.increment(1),
                 Action::Close { reason } => {
                     let mut conns = self.conns.borrow_mut();
-                    if let Some(c) = conns.get_mut(slot).filter(|c| c.session.session_id() == sid) {
+                    if let Some(c) = conns
+                        .get_mut(slot)
+                        .filter(|c| c.session.session_id() == sid)
+                    {
                         if c.closing_since.is_none() {
                             c.closing_since = Some(Instant::now());
                             m::closed(reason.name());
                             match reason {
-                                CloseReason::HeartbeatTimeout => self.metrics.heartbeat_timeouts.increment(1),
+                                CloseReason::HeartbeatTimeout => {
+                                    self.metrics.heartbeat_timeouts.increment(1)
+                                }
                                 CloseReason::BindTimeout => self.metrics.bind_timeouts.increment(1),
                                 _ => {}
                             }
@@ -350,7 +387,10 @@ impl Core {
         let mut actions = Vec::new();
         {
             let mut conns = self.conns.borrow_mut();
-            let Some(c) = conns.get_mut(slot).filter(|c| c.session.session_id() == sid) else {
+            let Some(c) = conns
+                .get_mut(slot)
+                .filter(|c| c.session.session_id() == sid)
+            else {
                 return;
             };
             let msg = match reason {
@@ -368,7 +408,10 @@ impl Core {
     fn ensure_writer(self: &Rc<Self>, slot: usize, sid: u64) {
         let stream = {
             let mut conns = self.conns.borrow_mut();
-            let Some(c) = conns.get_mut(slot).filter(|c| c.session.session_id() == sid) else {
+            let Some(c) = conns
+                .get_mut(slot)
+                .filter(|c| c.session.session_id() == sid)
+            else {
                 return;
             };
             if c.writing {
@@ -377,7 +420,12 @@ impl Core {
             c.writing = true;
             c.stream.clone()
         };
-        tokio_uring::spawn(super::connection::write_loop(self.clone(), slot, sid, stream));
+        tokio_uring::spawn(super::connection::write_loop(
+            self.clone(),
+            slot,
+            sid,
+            stream,
+        ));
     }
 
     /// Takes the bytes the writer should send next. `None` means the writer is
@@ -385,7 +433,9 @@ impl Core {
     /// closing, and the entry removed if the reader has ended too).
     pub(super) fn next_outbound(&self, slot: usize, sid: u64) -> Option<bytes::Bytes> {
         let mut conns = self.conns.borrow_mut();
-        let c = conns.get_mut(slot).filter(|c| c.session.session_id() == sid)?;
+        let c = conns
+            .get_mut(slot)
+            .filter(|c| c.session.session_id() == sid)?;
         if !c.outbound.is_empty() {
             return Some(std::mem::take(&mut c.outbound).freeze());
         }
@@ -404,7 +454,10 @@ impl Core {
     /// The reader task ended; remove the entry unless a writer still runs.
     pub(super) fn reader_done(&self, slot: usize, sid: u64) {
         let mut conns = self.conns.borrow_mut();
-        let Some(c) = conns.get_mut(slot).filter(|c| c.session.session_id() == sid) else {
+        let Some(c) = conns
+            .get_mut(slot)
+            .filter(|c| c.session.session_id() == sid)
+        else {
             return;
         };
         c.reader_done = true;
@@ -417,7 +470,10 @@ impl Core {
 
     fn remove(&self, slot: usize, sid: u64) {
         let mut conns = self.conns.borrow_mut();
-        if conns.get(slot).is_some_and(|c| c.session.session_id() == sid) {
+        if conns
+            .get(slot)
+            .is_some_and(|c| c.session.session_id() == sid)
+        {
             let c = conns.remove(slot);
             // Shut down before the last reference drops: tokio-uring keeps an fd
             // open while any op on it is parked, so closing alone may not end
@@ -449,7 +505,9 @@ impl Core {
                 let conns = self.conns.borrow();
                 for (slot, c) in conns.iter() {
                     match c.closing_since {
-                        Some(since) if now >= since + CLOSE_LINGER => lingering.push(c.stream.clone()),
+                        Some(since) if now >= since + CLOSE_LINGER => {
+                            lingering.push(c.stream.clone())
+                        }
                         Some(_) => {}
                         None => {
                             if c.session.deadline(&cfg).is_some_and(|d| now >= d) {
@@ -505,7 +563,10 @@ impl Core {
         }
         let deadline = tokio::time::Instant::now() + self.node_drain_timeout();
         while !self.conns.borrow().is_empty() {
-            if tokio::time::timeout_at(deadline, self.drained.notified()).await.is_err() {
+            if tokio::time::timeout_at(deadline, self.drained.notified())
+                .await
+                .is_err()
+            {
                 break;
             }
         }

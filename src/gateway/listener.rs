@@ -21,7 +21,11 @@ pub fn bind_reuseport(addr: SocketAddr, backlog: u32) -> io::Result<std::net::Tc
 }
 
 /// Binds `cores` listeners on `addr`. Port 0 picks one free port for all of them.
-pub fn bind_all(addr: SocketAddr, cores: usize, backlog: u32) -> io::Result<Vec<std::net::TcpListener>> {
+pub fn bind_all(
+    addr: SocketAddr,
+    cores: usize,
+    backlog: u32,
+) -> io::Result<Vec<std::net::TcpListener>> {
     let first = bind_reuseport(addr, backlog)?;
     let actual = first.local_addr()?;
     let mut all = vec![first];

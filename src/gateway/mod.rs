@@ -75,7 +75,7 @@ pub fn start(cfg: &Config, auth: Authenticator, fd_limit: u64) -> Result<Gateway
         node_id: cfg.node_id.clone(),
         session: cfg.session,
         auth,
-        registry: Registry::new(cfg.cores * 16),
+        registry: Registry::new(cfg.cores * 16, (fd_limit as usize).min(4 << 20)),
         cores: senders,
         draining: AtomicBool::new(false),
         started: Instant::now(),
@@ -156,7 +156,10 @@ impl Gateway {
                 reply: tx,
             })
             .ok()?;
-        tokio::time::timeout(Duration::from_secs(2), rx).await.ok()?.ok()?
+        tokio::time::timeout(Duration::from_secs(2), rx)
+            .await
+            .ok()?
+            .ok()?
     }
 
     /// Stops accepting, sends Close(SERVER_SHUTDOWN) to every session and waits

@@ -39,7 +39,11 @@ impl ReadPool {
 
     /// Reads once from `stream` and hands the bytes to `f` (an empty slice on
     /// EOF). The buffer goes back to the pool before this returns.
-    pub async fn read_with<R>(&self, stream: &TcpStream, f: impl FnOnce(&[u8]) -> R) -> io::Result<R> {
+    pub async fn read_with<R>(
+        &self,
+        stream: &TcpStream,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> io::Result<R> {
         match self {
             ReadPool::Registered(pool) => {
                 let buf = pool.next(READ_BUF_LEN).await;

@@ -37,5 +37,7 @@ impl OneshotOutputTransform for PollTransform {
 pub async fn readable(fd: RawFd) -> io::Result<u32> {
     let mask = (libc::POLLIN | libc::POLLRDHUP) as u32;
     let sqe = opcode::PollAdd::new(types::Fd(fd), mask).build();
-    UnsubmittedOneshot::new((), PollTransform, sqe).submit().await
+    UnsubmittedOneshot::new((), PollTransform, sqe)
+        .submit()
+        .await
 }

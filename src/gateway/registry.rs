@@ -19,21 +19,28 @@ pub struct Location {
     pub session_id: u64,
 }
 
+type Shard = Mutex<HashMap<Box<str>, Location>>;
+
 pub struct Registry {
     hasher: RandomState,
-    shards: Box<[Mutex<HashMap<Box<str>, Location>>]>,
+    shards: Box<[Shard]>,
 }
 
 impl Registry {
-    pub fn new(shards: usize) -> Registry {
+    /// `expected` sizes the shards up front so they do not rehash (and hold
+    /// a half-empty copy) while a node fills.
+    pub fn new(shards: usize, expected: usize) -> Registry {
         let shards = shards.max(1).next_power_of_two();
+        let per_shard = expected / shards;
         Registry {
             hasher: RandomState::new(),
-            shards: (0..shards).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..shards)
+                .map(|_| Mutex::new(HashMap::with_capacity(per_shard)))
+                .collect(),
         }
     }
 
-    fn shard(&self, device_id: &str) -> &Mutex<HashMap<Box<str>, Location>> {
+    fn shard(&self, device_id: &str) -> &Shard {
         let h = self.hasher.hash_one(device_id) as usize;
         &self.shards[h & (self.shards.len() - 1)]
     }
@@ -58,7 +65,10 @@ impl Registry {
     /// Removes `device_id` if (and only if) `session_id` still holds it.
     pub fn unbind(&self, device_id: &str, session_id: u64) -> bool {
         let mut shard = self.shard(device_id).lock().unwrap();
-        if shard.get(device_id).is_some_and(|l| l.session_id == session_id) {
+        if shard
+            .get(device_id)
+            .is_some_and(|l| l.session_id == session_id)
+        {
             shard.remove(device_id);
             return true;
         }
@@ -66,7 +76,11 @@ impl Registry {
     }
 
     pub fn get(&self, device_id: &str) -> Option<Location> {
-        self.shard(device_id).lock().unwrap().get(device_id).copied()
+        self.shard(device_id)
+            .lock()
+            .unwrap()
+            .get(device_id)
+            .copied()
     }
 
     pub fn len(&self) -> usize {
@@ -83,15 +97,22 @@ mod tests {
     use super::*;
 
     fn loc(core: u16, sid: u64) -> Location {
-        Location { core, slot: 0, session_id: sid }
+        Location {
+            core,
+            slot: 0,
+            session_id: sid,
+        }
     }
 
     #[test]
     fn newest_bind_wins_and_stale_unbind_is_ignored() {
-        let r = Registry::new(4);
+        let r = Registry::new(4, 0);
         assert_eq!(r.bind("d", loc(0, 1)), None);
         assert_eq!(r.bind("d", loc(1, 2)), Some(loc(0, 1)));
-        assert!(!r.unbind("d", 1), "old session's offline must not remove the new one");
+        assert!(
+            !r.unbind("d", 1),
+            "old session's offline must not remove the new one"
+        );
         assert_eq!(r.get("d"), Some(loc(1, 2)));
         assert!(r.unbind("d", 2));
         assert!(r.is_empty());

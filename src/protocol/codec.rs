@@ -315,7 +315,13 @@ impl Frame {
     }
 
     fn validate(&self) -> Result<(), EncodeError> {
-        let check = |ok: bool, what| if ok { Ok(()) } else { Err(EncodeError::FieldTooLong(what)) };
+        let check = |ok: bool, what| {
+            if ok {
+                Ok(())
+            } else {
+                Err(EncodeError::FieldTooLong(what))
+            }
+        };
         match &self.body {
             Body::Bind(b) => {
                 check(

@@ -98,7 +98,11 @@ impl Body {
 
 impl Frame {
     pub fn new(seq: u32, body: Body) -> Frame {
-        Frame { seq, flags: 0, body }
+        Frame {
+            seq,
+            flags: 0,
+            body,
+        }
     }
 
     pub fn ping(seq: u32) -> Frame {

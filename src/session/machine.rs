@@ -116,9 +116,12 @@ impl Session {
             (SessionState::Bound, Body::PushAck { message_id }) => {
                 out.push(Action::Acked { message_id })
             }
-            (SessionState::Bound, Body::Bind(_)) => {
-                self.fail(seq, ErrorCode::AlreadyBound, "connection is already bound", out)
-            }
+            (SessionState::Bound, Body::Bind(_)) => self.fail(
+                seq,
+                ErrorCode::AlreadyBound,
+                "connection is already bound",
+                out,
+            ),
             (_, body) => {
                 let msg = format!("{} is not valid from a client", body.opcode().name());
                 self.fail(seq, ErrorCode::UnknownOpcode, &msg, out)
@@ -145,8 +148,13 @@ impl Session {
             _ => return,
         }
         let (reason, msg) = match self.state {
-            SessionState::AwaitingBind => (CloseReason::BindTimeout, "no Bind within the bind timeout"),
-            _ => (CloseReason::HeartbeatTimeout, "no frame within the heartbeat timeout"),
+            SessionState::AwaitingBind => {
+                (CloseReason::BindTimeout, "no Bind within the bind timeout")
+            }
+            _ => (
+                CloseReason::HeartbeatTimeout,
+                "no frame within the heartbeat timeout",
+            ),
         };
         self.close(reason, Some(msg), out);
     }
@@ -194,9 +202,17 @@ impl Session {
     ) {
         if bind.device_id.chars().any(char::is_control) {
             out.push(Action::BindRejected(ErrorCode::InvalidDeviceId));
-            return self.fail(seq, ErrorCode::InvalidDeviceId, "device id has control characters", out);
+            return self.fail(
+                seq,
+                ErrorCode::InvalidDeviceId,
+                "device id has control characters",
+                out,
+            );
         }
-        if auth.check(&bind.device_id, &bind.credential, unix_now).is_err() {
+        if auth
+            .check(&bind.device_id, &bind.credential, unix_now)
+            .is_err()
+        {
             out.push(Action::BindRejected(ErrorCode::AuthFailed));
             return self.send_error_and_close(
                 seq,

@@ -47,7 +47,8 @@ impl Rig {
     fn frame(&mut self, secs: u64, f: Frame) -> Vec<Action> {
         let mut out = Vec::new();
         let now = self.at(secs);
-        self.s.handle_frame(f, now, 1_000, &self.cfg, &self.auth, &mut out);
+        self.s
+            .handle_frame(f, now, 1_000, &self.cfg, &self.auth, &mut out);
         out
     }
 
@@ -134,7 +135,13 @@ fn token_bind_checks_device_and_expiry() {
         b.credential = Credential::Token(token.clone());
     }
     let out = r.frame(0, f.clone());
-    assert!(matches!(out[0], Action::Send(Frame { body: Body::BindAck(_), .. })));
+    assert!(matches!(
+        out[0],
+        Action::Send(Frame {
+            body: Body::BindAck(_),
+            ..
+        })
+    ));
 
     let mut other = rig();
     if let Body::Bind(b) = &mut f.body {
@@ -151,7 +158,9 @@ fn bind_timeout_closes_unbound_connection() {
     assert!(r.tick(4).is_empty());
     let out = r.tick(5);
     assert_eq!(close_reason(&out), Some(CloseReason::BindTimeout));
-    assert!(matches!(sent(&out)[..], [Body::Close(c)] if c.reason() == Some(CloseReason::BindTimeout)));
+    assert!(
+        matches!(sent(&out)[..], [Body::Close(c)] if c.reason() == Some(CloseReason::BindTimeout))
+    );
     assert_eq!(r.s.deadline(&r.cfg), None);
 }
 
@@ -195,7 +204,9 @@ fn second_bind_is_a_protocol_error_and_goes_offline() {
     r.frame(0, bind_frame(1, "dev-1", "pk"));
     let out = r.frame(1, bind_frame(2, "dev-2", "pk"));
     assert!(matches!(sent(&out)[0], Body::Error(e) if e.code() == Some(ErrorCode::AlreadyBound)));
-    assert!(out.iter().any(|a| matches!(a, Action::Presence(PresenceChange::Offline { .. }))));
+    assert!(out
+        .iter()
+        .any(|a| matches!(a, Action::Presence(PresenceChange::Offline { .. }))));
     assert_eq!(close_reason(&out), Some(CloseReason::ProtocolError));
 }
 
@@ -207,7 +218,9 @@ fn server_only_opcodes_from_a_client_are_rejected() {
     match &out[0] {
         Action::Send(f) => {
             assert_eq!(f.seq, 9);
-            assert!(matches!(&f.body, Body::Error(e) if e.code() == Some(ErrorCode::UnknownOpcode)));
+            assert!(
+                matches!(&f.body, Body::Error(e) if e.code() == Some(ErrorCode::UnknownOpcode))
+            );
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -219,7 +232,9 @@ fn kick_sends_close_with_reason_and_goes_offline_once() {
     r.frame(0, bind_frame(1, "dev-1", "pk"));
     let mut out = Vec::new();
     r.s.kick(CloseReason::Replaced, "bound elsewhere", &mut out);
-    assert!(matches!(sent(&out)[..], [Body::Close(c)] if c.reason() == Some(CloseReason::Replaced)));
+    assert!(
+        matches!(sent(&out)[..], [Body::Close(c)] if c.reason() == Some(CloseReason::Replaced))
+    );
     assert_eq!(close_reason(&out), Some(CloseReason::Replaced));
     // Everything after closing is ignored: no second offline, no replies.
     let mut again = Vec::new();
@@ -235,12 +250,18 @@ fn decode_error_is_answered_with_its_code_and_seq() {
     let mut r = rig();
     r.frame(0, bind_frame(1, "dev-1", "pk"));
     let mut out = Vec::new();
-    let err = DecodeError::FrameTooLarge { len: 1 << 20, max: 4096, seq: 77 };
+    let err = DecodeError::FrameTooLarge {
+        len: 1 << 20,
+        max: 4096,
+        seq: 77,
+    };
     r.s.handle_decode_error(&err, &mut out);
     match &out[0] {
         Action::Send(f) => {
             assert_eq!(f.seq, 77);
-            assert!(matches!(&f.body, Body::Error(e) if e.code() == Some(ErrorCode::FrameTooLarge)));
+            assert!(
+                matches!(&f.body, Body::Error(e) if e.code() == Some(ErrorCode::FrameTooLarge))
+            );
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -254,7 +275,10 @@ fn transport_close_reports_offline_without_frames() {
     let mut out = Vec::new();
     r.s.handle_transport_closed(&mut out);
     assert_eq!(out.len(), 1);
-    assert!(matches!(out[0], Action::Presence(PresenceChange::Offline { .. })));
+    assert!(matches!(
+        out[0],
+        Action::Presence(PresenceChange::Offline { .. })
+    ));
     assert_eq!(r.s.state(), SessionState::Closing);
 }
 

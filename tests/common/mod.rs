@@ -43,17 +43,27 @@ impl Miopd {
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = std::env::temp_dir().join(format!("miopd-test-{}-{n}.log", std::process::id()));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_miopd"));
-        cmd.args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--app-key", KEY])
-            .args(&opts.args)
-            .env("MIOP_LOG", "debug")
-            .env_remove("MIOP_APP_KEYS")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap());
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--app-key",
+            KEY,
+        ])
+        .args(&opts.args)
+        .env("MIOP_LOG", "debug")
+        .env_remove("MIOP_APP_KEYS")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap());
         if let Some(limit) = opts.fd_limit {
             use std::os::unix::process::CommandExt;
             unsafe {
                 cmd.pre_exec(move || {
-                    let rl = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+                    let rl = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -75,7 +85,12 @@ impl Miopd {
         let field = |name: &str| -> SocketAddr {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(name))
-                .unwrap_or_else(|| panic!("no {name} in {line:?}; log: {}", std::fs::read_to_string(&log).unwrap_or_default()))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "no {name} in {line:?}; log: {}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    )
+                })
                 .parse()
                 .unwrap()
         };
@@ -98,7 +113,9 @@ impl Miopd {
     /// A client bound as `device` with the test app key.
     pub async fn bound(&self, device: &str) -> Client {
         let mut c = self.client().await;
-        c.bind(device, Credential::AppKey(KEY.into()), vec![]).await.expect("bind");
+        c.bind(device, Credential::AppKey(KEY.into()), vec![])
+            .await
+            .expect("bind");
         c
     }
 
@@ -110,7 +127,10 @@ impl Miopd {
         let mut resp = String::new();
         s.read_to_string(&mut resp).unwrap();
         let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         (status, body)
     }
 
@@ -162,7 +182,9 @@ pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
 
 /// The next frame from the server within `limit` (a deadline, not a pause).
 pub async fn next_frame(c: &mut Client, limit: Duration) -> Result<Option<Frame>, ClientError> {
-    tokio::time::timeout(limit, c.recv()).await.expect("no frame from server in time")
+    tokio::time::timeout(limit, c.recv())
+        .await
+        .expect("no frame from server in time")
 }
 
 /// Reads frames until the server closes; returns the frames it sent.
@@ -170,7 +192,10 @@ pub async fn frames_until_eof(c: &mut Client, limit: Duration) -> Vec<Body> {
     let mut out = Vec::new();
     let end = tokio::time::Instant::now() + limit;
     loop {
-        match tokio::time::timeout_at(end, c.recv()).await.expect("server did not close in time") {
+        match tokio::time::timeout_at(end, c.recv())
+            .await
+            .expect("server did not close in time")
+        {
             Ok(Some(f)) => out.push(f.body),
             Ok(None) => return out,
             // A reset after the last frame still counts as closed.
