@@ -375,3 +375,48 @@ async fn fd_exhaustion_backs_off_and_recovers() {
         .unwrap();
     assert!(gw.log_text().contains("backing off"));
 }
+
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_connections_release_their_fds_even_if_the_peer_stays() {
+    let gw = Miopd::start(&[
+        "--bind-timeout",
+        "300ms",
+        "--heartbeat",
+        "200ms",
+        "--heartbeat-timeout",
+        "600ms",
+    ]);
+    let baseline = open_fds(gw.pid());
+    // Peers that never bind, and bound peers that go silent; none of them close
+    // their side. The gateway must close every one of them itself.
+    let mut peers = Vec::new();
+    for _ in 0..100 {
+        peers.push(gw.client().await);
+    }
+    for i in 0..100 {
+        peers.push(gw.bound(&format!("quiet-{i}")).await);
+    }
+    assert!(open_fds(gw.pid()) >= baseline + 200);
+    for p in peers.iter_mut() {
+        let frames = frames_until_eof(p, T).await;
+        assert_eq!(
+            frames
+                .iter()
+                .filter(|b| matches!(b, Body::Close(_)))
+                .count(),
+            1
+        );
+    }
+    // The peers still hold their sockets open; the gateway's fds are gone.
+    wait_until(T, "gateway fds back to baseline", || {
+        open_fds(gw.pid()) <= baseline
+    });
+    assert_eq!(gw.metric("miop_connections"), Some(0.0));
+    drop(peers);
+}
