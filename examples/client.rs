@@ -11,7 +11,9 @@ use miop::protocol::{Body, FLAG_ACK_REQUIRED};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let arg = std::env::args().nth(1).unwrap_or_else(|| "miop://phone-1:pk@127.0.0.1:7700/".into());
+    let arg = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "miop://phone-1:pk@127.0.0.1:7700/".into());
     let url: MiopUrl = match arg.parse() {
         Ok(u) => u,
         Err(e) => {
@@ -37,7 +39,9 @@ async fn main() {
         "bound as {} (session {}); heartbeat every {} ms",
         url.device_id, ack.session_id, ack.heartbeat_interval_ms
     );
-    let mut beat = tokio::time::interval(Duration::from_millis(ack.heartbeat_interval_ms.max(100) as u64));
+    let mut beat = tokio::time::interval(Duration::from_millis(
+        ack.heartbeat_interval_ms.max(100) as u64
+    ));
     beat.tick().await;
     let mut seq = 1_000u32;
     loop {
