@@ -128,7 +128,8 @@ pub fn decode(src: &[u8], max_frame_len: usize) -> Result<Option<(Frame, usize)>
 }
 
 /// Decodes one frame from the front of `buf`, removing its bytes. A Push payload
-/// shares `buf`'s memory (no copy).
+/// shares `buf`'s memory (no copy). After a body error the frame's bytes are
+/// already gone from `buf`; every decode error ends the connection anyway.
 pub fn decode_buf(buf: &mut BytesMut, max_frame_len: usize) -> Result<Option<Frame>, DecodeError> {
     let Some(at) = locate(buf, max_frame_len)? else {
         return Ok(None);

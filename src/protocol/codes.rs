@@ -18,7 +18,8 @@ pub enum ErrorCode {
     NotBound = 6,
     /// A second Bind arrived on an already bound connection.
     AlreadyBound = 7,
-    /// The device id is empty, too long or not valid UTF-8.
+    /// The device id is not acceptable (v1: it contains control characters;
+    /// empty, too long or non-UTF-8 ids are already Malformed at decoding).
     InvalidDeviceId = 8,
     /// The server cannot take the session now (capacity, shutting down).
     Unavailable = 9,
