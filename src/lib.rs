@@ -8,6 +8,7 @@
 //! - [`client`]: a tokio client for devices, tests and the load generator.
 pub mod admin;
 pub mod auth;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod gateway;

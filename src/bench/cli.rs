@@ -1,0 +1,566 @@
+//! miop-bench's command line: wrk's flags (`-t -c -d --timeout --latency -s`)
+//! plus what long-lived connection load needs (ramp, source addresses, targets,
+//! worker processes, scenarios). [`Plan::from_args`] validates everything up
+//! front so that bad input is one clear line and a non-zero exit.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::client::MiopUrl;
+
+/// miop-bench: a load generator for Miop push gateways (wrk for long-lived connections).
+///
+/// Every connection binds as `<prefix>-<n>` (prefix = the URL's user, n counting
+/// from --start), then heartbeats at the interval the server asks for (or
+/// --ping-interval, or the script's delay()), and records every push it receives.
+///
+/// Example (the seed's qualification run):
+///   miop-bench miop://$HOSTNAME:pk@10.0.0.1:7700/ -t 12 -c 60000 --latency -d 120m --timeout 15 -s delay.lua
+#[derive(Debug, Clone, Parser)]
+#[command(name = "miop-bench", version, about, long_about)]
+pub struct BenchArgs {
+    /// Target: miop://DEVICE_PREFIX:APP_KEY@HOST:PORT/
+    pub url: String,
+
+    /// Threads per run (split over worker processes).
+    #[arg(short = 't', long, default_value = "2", value_parser = parse_count)]
+    pub threads: u64,
+
+    /// Connections to keep open (SI suffixes: 60k, 1M).
+    #[arg(short = 'c', long, default_value = "10", value_parser = parse_count)]
+    pub connections: u64,
+
+    /// Duration of the run (e.g. 30s, 2m, 2h; a bare number is seconds).
+    /// Default 10s; the concurrency scenario runs until its last step is held.
+    #[arg(short = 'd', long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// A bind or ping with no reply within this time is a timeout (the
+    /// connection is then closed and re-established).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Print the latency distribution (50/75/90/99/99.9/99.99/100%).
+    #[arg(long)]
+    pub latency: bool,
+
+    /// Lua script: init(args), delay() (ms between heartbeats), done(summary, latency).
+    #[arg(short = 's', long)]
+    pub script: Option<PathBuf>,
+
+    /// Heartbeat interval, instead of the one the server announces in BindAck.
+    #[arg(long, value_parser = parse_duration)]
+    pub ping_interval: Option<Duration>,
+
+    /// New connections per second (e.g. 2000, 5k/s). Default: as fast as the
+    /// server accepts them (the seed's link-limit test).
+    #[arg(long, value_parser = parse_rate)]
+    pub connect_rate: Option<f64>,
+
+    /// Source addresses, used round-robin: 127.0.0.2-127.0.0.40, 127.0.0.0/26,
+    /// or a comma-separated list. Each address gives ~28k ports per target.
+    #[arg(long = "bind", value_parser = parse_sources)]
+    pub sources: Option<Sources>,
+
+    /// More targets besides the URL's, used round-robin: HOST:PORT or
+    /// HOST:PORT-PORT, comma-separated or repeated.
+    #[arg(long = "target", value_delimiter = ',')]
+    pub targets: Vec<String>,
+
+    /// Worker processes (default: enough for the fd limit, RLIMIT_NOFILE).
+    #[arg(long, value_parser = parse_count)]
+    pub procs: Option<u64>,
+
+    /// First device number (so several machines or runs don't collide).
+    #[arg(long, default_value = "0", value_parser = parse_count_or_zero)]
+    pub start: u64,
+
+    /// Do not re-establish connections that failed, timed out or were closed.
+    #[arg(long)]
+    pub no_reconnect: bool,
+
+    /// Write the summary and the per-second timeline as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+
+    /// Write a self-contained HTML report with charts.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+
+    /// Test stage to run (see the README): link-limit, stability, concurrency, churn.
+    #[arg(long, value_enum, default_value = "stability")]
+    pub scenario: Scenario,
+
+    /// Concurrency steps (e.g. 100k,200k,600k,1M); each is held for --step-duration.
+    #[arg(long, value_delimiter = ',', value_parser = parse_count)]
+    pub steps: Vec<u64>,
+
+    /// How long each concurrency step is held once reached.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub step_duration: Duration,
+
+    /// Churn: connections per second taken offline and brought back.
+    #[arg(long, value_parser = parse_rate)]
+    pub churn_rate: Option<f64>,
+
+    /// Link limit: stop when errors in a second exceed this share of the
+    /// second's connection attempts.
+    #[arg(long, default_value = "0.01")]
+    pub max_error_rate: f64,
+
+    /// Seconds between progress lines (0 = none).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub progress: Duration,
+
+    /// Internal: run as worker I of N, streaming JSON lines to the parent.
+    #[arg(long, hide = true)]
+    pub worker: Option<String>,
+
+    /// Arguments for the script's init(args), after `--`.
+    #[arg(last = true)]
+    pub script_args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Ramp (at --connect-rate, or as fast as possible) until errors cross
+    /// --max-error-rate or -c connections are bound; report where it broke.
+    LinkLimit,
+    /// Ramp to -c and hold it for -d (the default; the seed's 2 h soak).
+    Stability,
+    /// Step through --steps, holding each for --step-duration, reporting latency per step.
+    Concurrency,
+    /// Hold -c while --churn-rate connections per second go offline and come back.
+    Churn,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::LinkLimit => "link-limit",
+            Scenario::Stability => "stability",
+            Scenario::Concurrency => "concurrency",
+            Scenario::Churn => "churn",
+        }
+    }
+}
+
+/// Source addresses for outgoing connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sources(pub Vec<IpAddr>);
+
+/// A validated run plan.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub url: MiopUrl,
+    pub targets: Vec<SocketAddr>,
+    pub sources: Vec<IpAddr>,
+    pub threads: usize,
+    pub connections: u64,
+    /// None: run until the scenario ends (concurrency steps) or Ctrl-C.
+    pub duration: Option<Duration>,
+    pub timeout: Duration,
+    pub ping_interval: Option<Duration>,
+    pub script: Option<PathBuf>,
+    pub script_args: Vec<String>,
+    pub connect_rate: Option<f64>,
+    pub start: u64,
+    pub reconnect: bool,
+    pub scenario: Scenario,
+    pub steps: Vec<u64>,
+    pub step_duration: Duration,
+    pub churn_rate: f64,
+    pub max_error_rate: f64,
+}
+
+impl Plan {
+    pub fn from_args(a: &BenchArgs) -> Result<Plan, String> {
+        let url: MiopUrl = a
+            .url
+            .parse()
+            .map_err(|e: crate::client::ClientError| e.to_string())?;
+        if a.connections == 0 {
+            return Err("-c/--connections must be at least 1".into());
+        }
+        if a.threads == 0 {
+            return Err("-t/--threads must be at least 1".into());
+        }
+        if a.threads > a.connections {
+            return Err(format!(
+                "-c/--connections ({}) must be at least -t/--threads ({})",
+                a.connections, a.threads
+            ));
+        }
+        if a.threads > 4096 {
+            return Err("-t/--threads above 4096 makes no sense".into());
+        }
+        if a.duration.is_some_and(|d| d.is_zero()) {
+            return Err("-d/--duration must be longer than 0".into());
+        }
+        if a.timeout.is_zero() {
+            return Err("--timeout must be longer than 0".into());
+        }
+        if a.connect_rate.is_some_and(|r| r <= 0.0) {
+            return Err("--connect-rate must be positive".into());
+        }
+        if !(0.0..=1.0).contains(&a.max_error_rate) {
+            return Err("--max-error-rate is a share between 0 and 1".into());
+        }
+        let mut targets = resolve(&url.addr())?;
+        targets.truncate(1);
+        for t in &a.targets {
+            targets.extend(parse_targets(t)?);
+        }
+        let sources = match &a.sources {
+            Some(s) => s.0.clone(),
+            None => vec![if targets[0].is_ipv4() {
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+            }],
+        };
+        if let Some(bad) = targets
+            .iter()
+            .find(|t| sources.iter().any(|s| s.is_ipv4() != t.is_ipv4()))
+        {
+            return Err(format!(
+                "--bind addresses and target {bad} are not the same IP version"
+            ));
+        }
+        let mut steps = a.steps.clone();
+        match a.scenario {
+            Scenario::Concurrency => {
+                if steps.is_empty() {
+                    return Err(
+                        "--scenario concurrency needs --steps (e.g. --steps 100k,200k,600k,1M)"
+                            .into(),
+                    );
+                }
+                if steps.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err("--steps must increase".into());
+                }
+                if steps.contains(&0) {
+                    return Err("--steps must be at least 1".into());
+                }
+            }
+            _ if !steps.is_empty() => {
+                return Err("--steps only applies to --scenario concurrency".into());
+            }
+            _ => {}
+        }
+        let connections = match a.scenario {
+            Scenario::Concurrency => *steps.last().unwrap(),
+            _ => a.connections,
+        };
+        if a.scenario != Scenario::Concurrency {
+            steps.clear();
+        }
+        let churn_rate = match (a.scenario, a.churn_rate) {
+            (Scenario::Churn, Some(r)) if r > 0.0 => r,
+            (Scenario::Churn, _) => {
+                return Err("--scenario churn needs a positive --churn-rate".into())
+            }
+            (_, Some(_)) => return Err("--churn-rate only applies to --scenario churn".into()),
+            (_, None) => 0.0,
+        };
+        Ok(Plan {
+            url,
+            targets,
+            sources,
+            threads: a.threads as usize,
+            connections,
+            duration: match a.scenario {
+                Scenario::Concurrency => a.duration,
+                _ => Some(a.duration.unwrap_or(Duration::from_secs(10))),
+            },
+            timeout: a.timeout,
+            ping_interval: a.ping_interval,
+            script: a.script.clone(),
+            script_args: a.script_args.clone(),
+            connect_rate: a.connect_rate,
+            start: a.start,
+            reconnect: !a.no_reconnect,
+            scenario: a.scenario,
+            steps,
+            step_duration: a.step_duration,
+            churn_rate,
+            max_error_rate: a.max_error_rate,
+        })
+    }
+
+    /// Device id of connection `index` (0-based within the run).
+    pub fn device_id(&self, index: u64) -> String {
+        format!("{}-{}", self.url.device_id, self.start + index)
+    }
+}
+
+fn resolve(hostport: &str) -> Result<Vec<SocketAddr>, String> {
+    let addrs: Vec<SocketAddr> = hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {hostport}: {e}"))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("cannot resolve {hostport}: no addresses"));
+    }
+    Ok(addrs)
+}
+
+/// `HOST:PORT` or `HOST:PORT-PORT`.
+pub fn parse_targets(s: &str) -> Result<Vec<SocketAddr>, String> {
+    let s = s.trim();
+    let (host, ports) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("target {s:?} must be HOST:PORT or HOST:PORT-PORT"))?;
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("invalid port {p:?} in target {s:?}"))
+    };
+    let (lo, hi) = match ports.split_once('-') {
+        Some((a, b)) => (port(a)?, port(b)?),
+        None => (port(ports)?, port(ports)?),
+    };
+    if lo > hi {
+        return Err(format!("port range {lo}-{hi} is backwards in target {s:?}"));
+    }
+    let base = resolve(&format!("{host}:{lo}"))?[0];
+    Ok((lo..=hi).map(|p| SocketAddr::new(base.ip(), p)).collect())
+}
+
+/// SI counts as wrk takes them: 60000, 60k, 1M, 1.5k, 2G.
+pub fn parse_count(s: &str) -> Result<u64, String> {
+    let n = parse_count_or_zero(s)?;
+    if n == 0 {
+        return Err(format!("{s:?} must be at least 1"));
+    }
+    Ok(n)
+}
+
+pub fn parse_count_or_zero(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1e3),
+        Some((i, 'm' | 'M')) => (&t[..i], 1e6),
+        Some((i, 'g' | 'G')) => (&t[..i], 1e9),
+        _ => (t, 1.0),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a count (e.g. 500, 60k, 1M)"))?;
+    let v = v * mult;
+    if !v.is_finite() || !(0.0..=1e12).contains(&v) || v.fract() != 0.0 {
+        return Err(format!("{s:?} is not a whole count between 0 and 10^12"));
+    }
+    Ok(v as u64)
+}
+
+/// wrk-style durations: 15 (seconds), 500ms, 30s, 2m, 2h, 1d; decimals allowed.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 15, 500ms, 30s, 2m, 2h)"))?;
+    let secs = match unit {
+        "" | "s" => v,
+        "ms" => v / 1e3,
+        "us" => v / 1e6,
+        "m" | "min" => v * 60.0,
+        "h" => v * 3600.0,
+        "d" => v * 86400.0,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in duration {s:?} (use ms, s, m, h)"
+            ))
+        }
+    };
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(format!("duration {s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Rates: 2000, 2000/s, 5k/s, 120/m.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let (num, per) = match t.split_once('/') {
+        Some((n, "s")) => (n, 1.0),
+        Some((n, "m" | "min")) => (n, 60.0),
+        Some((n, "h")) => (n, 3600.0),
+        Some((_, u)) => return Err(format!("unknown rate unit /{u} in {s:?} (use /s, /m, /h)")),
+        None => (t, 1.0),
+    };
+    let n = parse_count(num).map_err(|_| format!("{s:?} is not a rate (e.g. 2000, 5k/s)"))?;
+    Ok(n as f64 / per)
+}
+
+/// `127.0.0.2-127.0.0.40`, `127.0.0.0/26`, `::1`, or comma-separated mixes.
+pub fn parse_sources(s: &str) -> Result<Sources, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if let Some((a, b)) = part.split_once('-') {
+            let a: Ipv4Addr = a
+                .parse()
+                .map_err(|_| format!("{a:?} is not an IPv4 address in {part:?}"))?;
+            let b: Ipv4Addr = b
+                .parse()
+                .map_err(|_| format!("{b:?} is not an IPv4 address in {part:?}"))?;
+            let (a, b) = (u32::from(a), u32::from(b));
+            if a > b {
+                return Err(format!("address range {part:?} is backwards"));
+            }
+            if b - a >= 1 << 16 {
+                return Err(format!(
+                    "address range {part:?} is larger than 65536 addresses"
+                ));
+            }
+            out.extend((a..=b).map(|v| IpAddr::V4(Ipv4Addr::from(v))));
+        } else if let Some((net, len)) = part.split_once('/') {
+            let net: Ipv4Addr = net
+                .parse()
+                .map_err(|_| format!("{net:?} is not an IPv4 network in {part:?}"))?;
+            let len: u32 = len
+                .parse()
+                .ok()
+                .filter(|l| (16..=32).contains(l))
+                .ok_or_else(|| format!("prefix length in {part:?} must be between 16 and 32"))?;
+            let mask = if len == 32 {
+                u32::MAX
+            } else {
+                !(u32::MAX >> len)
+            };
+            let base = u32::from(net) & mask;
+            let size = 1u32 << (32 - len);
+            // Skip the network and broadcast addresses of real subnets.
+            let (first, last) = if size > 2 {
+                (base + 1, base + size - 2)
+            } else {
+                (base, base + size - 1)
+            };
+            out.extend((first..=last).map(|v| IpAddr::V4(Ipv4Addr::from(v))));
+        } else {
+            out.push(
+                part.parse::<IpAddr>()
+                    .map_err(|_| format!("{part:?} is not an IP address"))?,
+            );
+        }
+    }
+    if out.is_empty() {
+        return Err("--bind needs at least one address".into());
+    }
+    Ok(Sources(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &[&str]) -> Result<BenchArgs, clap::Error> {
+        BenchArgs::try_parse_from(std::iter::once("miop-bench").chain(line.iter().copied()))
+    }
+
+    #[test]
+    fn the_seeds_command_line_parses() {
+        let a = args(&[
+            "miop://vm-host:pk@127.0.0.1:7700/",
+            "-t",
+            "12",
+            "-c",
+            "60000",
+            "--latency",
+            "-d",
+            "120m",
+            "--timeout",
+            "15",
+            "-s",
+            "delay.lua",
+        ])
+        .unwrap();
+        assert_eq!(a.threads, 12);
+        assert_eq!(a.connections, 60_000);
+        assert!(a.latency);
+        assert_eq!(a.duration, Some(Duration::from_secs(7200)));
+        assert_eq!(a.timeout, Duration::from_secs(15));
+        assert_eq!(a.script.as_deref(), Some(std::path::Path::new("delay.lua")));
+        let p = Plan::from_args(&a).unwrap();
+        assert_eq!(p.url.device_id, "vm-host");
+        assert_eq!(p.url.app_key, "pk");
+        assert_eq!(p.targets, vec!["127.0.0.1:7700".parse().unwrap()]);
+        assert_eq!(p.device_id(0), "vm-host-0");
+        assert_eq!(p.scenario, Scenario::Stability);
+    }
+
+    #[test]
+    fn counts_durations_and_rates() {
+        assert_eq!(parse_count("60k"), Ok(60_000));
+        assert_eq!(parse_count("1M"), Ok(1_000_000));
+        assert_eq!(parse_count("1.5k"), Ok(1_500));
+        assert!(parse_count("0").is_err());
+        assert!(parse_count("-5").is_err());
+        assert!(parse_count("1.5").is_err());
+        assert!(parse_count("lots").is_err());
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("2y").is_err());
+        assert!(parse_duration("").is_err());
+        assert_eq!(parse_rate("5k/s"), Ok(5000.0));
+        assert_eq!(parse_rate("120/m"), Ok(2.0));
+        assert!(parse_rate("5/fortnight").is_err());
+    }
+
+    #[test]
+    fn sources_and_targets() {
+        let s = parse_sources("127.0.0.2-127.0.0.40").unwrap();
+        assert_eq!(s.0.len(), 39);
+        assert_eq!(s.0[0], "127.0.0.2".parse::<IpAddr>().unwrap());
+        let s = parse_sources("127.0.1.0/29").unwrap();
+        assert_eq!(s.0.len(), 6);
+        assert_eq!(parse_sources("127.0.0.2,127.0.0.3").unwrap().0.len(), 2);
+        assert!(parse_sources("127.0.0.9-127.0.0.2").is_err());
+        assert!(parse_sources("nope").is_err());
+        assert!(parse_sources("10.0.0.0/8").is_err());
+        let t = parse_targets("127.0.0.1:7700-7702").unwrap();
+        assert_eq!(t.len(), 3);
+        assert_eq!(t[2].port(), 7702);
+        assert!(parse_targets("127.0.0.1").is_err());
+        assert!(parse_targets("127.0.0.1:9-3").is_err());
+    }
+
+    #[test]
+    fn impossible_plans_are_refused_with_a_reason() {
+        let plan = |line: &[&str]| Plan::from_args(&args(line).unwrap()).unwrap_err();
+        assert!(plan(&["miop://d:k@127.0.0.1:1/", "-t", "8", "-c", "4"]).contains("at least -t"));
+        assert!(plan(&["127.0.0.1:7700", "-c", "4"]).contains("missing scheme"));
+        assert!(plan(&["http://d:k@127.0.0.1:1/"]).contains("unsupported scheme"));
+        assert!(
+            plan(&["miop://d:k@127.0.0.1:1/", "--scenario", "concurrency"]).contains("--steps")
+        );
+        assert!(plan(&["miop://d:k@127.0.0.1:1/", "--scenario", "churn"]).contains("--churn-rate"));
+        assert!(plan(&["miop://d:k@127.0.0.1:1/", "--steps", "1,2"]).contains("only applies"));
+        assert!(plan(&["miop://d:k@no-such-host.invalid:1/"]).contains("cannot resolve"));
+        assert!(args(&["miop://d:k@127.0.0.1:1/", "-c", "0"]).is_err());
+        let p = Plan::from_args(
+            &args(&[
+                "miop://d:k@127.0.0.1:1/",
+                "--scenario",
+                "concurrency",
+                "--steps",
+                "10,20k",
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(p.connections, 20_000);
+    }
+}

@@ -1,0 +1,318 @@
+//! What the load generator measures: counters and latency histograms.
+//!
+//! Each worker thread records into its own [`ThreadStats`]; once a second the
+//! process takes a [`Snapshot`] (cumulative counters plus the histograms of the
+//! last interval). Snapshots from threads and from worker processes merge by
+//! adding counters and histograms, so a report over many processes is exact,
+//! not an average of percentiles.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// Cumulative event counts (except `connected`, a gauge).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Sessions bound right now.
+    pub connected: u64,
+    pub connects: u64,
+    pub binds: u64,
+    pub pings: u64,
+    pub pongs: u64,
+    pub pushes: u64,
+    pub reconnects: u64,
+    /// Close frames from the server (kicks, drains, timeouts on its side).
+    pub server_closes: u64,
+    /// Connections closed on purpose by churn.
+    pub churned: u64,
+    pub connect_errors: u64,
+    /// Binds refused with an Error frame (wrong key, ...).
+    pub bind_errors: u64,
+    pub read_errors: u64,
+    pub write_errors: u64,
+    /// Binds or pings without a reply within --timeout.
+    pub timeouts: u64,
+}
+
+impl Counters {
+    pub fn add(&mut self, o: &Counters) {
+        self.connected += o.connected;
+        self.connects += o.connects;
+        self.binds += o.binds;
+        self.pings += o.pings;
+        self.pongs += o.pongs;
+        self.pushes += o.pushes;
+        self.reconnects += o.reconnects;
+        self.server_closes += o.server_closes;
+        self.churned += o.churned;
+        self.connect_errors += o.connect_errors;
+        self.bind_errors += o.bind_errors;
+        self.read_errors += o.read_errors;
+        self.write_errors += o.write_errors;
+        self.timeouts += o.timeouts;
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.connect_errors
+            + self.bind_errors
+            + self.read_errors
+            + self.write_errors
+            + self.timeouts
+    }
+}
+
+/// The latencies measured, each in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// TCP connect.
+    Connect,
+    /// Bind sent → BindAck received.
+    Bind,
+    /// Ping sent → Pong received (heartbeat round trip).
+    Ping,
+    /// Push send timestamp (in the payload) → received.
+    Push,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 4] = [Metric::Connect, Metric::Bind, Metric::Ping, Metric::Push];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Connect => "connect",
+            Metric::Bind => "bind",
+            Metric::Ping => "ping",
+            Metric::Push => "push",
+        }
+    }
+}
+
+/// Microsecond histograms for every [`Metric`], 3 significant digits, up to an hour.
+#[derive(Debug, Clone)]
+pub struct Latencies {
+    pub hists: [Histogram<u64>; 4],
+}
+
+const MAX_MICROS: u64 = 3_600_000_000;
+
+fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("valid histogram bounds")
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Latencies {
+            hists: [new_hist(), new_hist(), new_hist(), new_hist()],
+        }
+    }
+}
+
+impl Latencies {
+    pub fn get(&self, m: Metric) -> &Histogram<u64> {
+        &self.hists[m as usize]
+    }
+
+    pub fn record(&mut self, m: Metric, d: Duration) {
+        let us = (d.as_micros() as u64).clamp(1, MAX_MICROS);
+        let _ = self.hists[m as usize].record(us);
+    }
+
+    pub fn add(&mut self, o: &Latencies) {
+        for (a, b) in self.hists.iter_mut().zip(&o.hists) {
+            let _ = a.add(b);
+        }
+    }
+
+    pub fn reset(&mut self) {
+        for h in &mut self.hists {
+            h.reset();
+        }
+    }
+
+    /// Base64 of HdrHistogram's V2 encoding, per metric name (for JSON lines).
+    pub fn encode(&self) -> Vec<(String, String)> {
+        Metric::ALL
+            .iter()
+            .map(|m| {
+                let mut buf = Vec::new();
+                V2Serializer::new()
+                    .serialize(self.get(*m), &mut buf)
+                    .expect("histogram serializes");
+                (
+                    m.name().to_owned(),
+                    base64::engine::general_purpose::STANDARD.encode(buf),
+                )
+            })
+            .collect()
+    }
+
+    pub fn decode(encoded: &[(String, String)]) -> Result<Latencies, String> {
+        let mut out = Latencies::default();
+        for (name, b64) in encoded {
+            let m = Metric::ALL
+                .into_iter()
+                .find(|m| m.name() == name)
+                .ok_or_else(|| format!("unknown histogram {name}"))?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| e.to_string())?;
+            let h: Histogram<u64> = Deserializer::new()
+                .deserialize(&mut bytes.as_slice())
+                .map_err(|e| format!("{e:?}"))?;
+            out.hists[m as usize].add(&h).map_err(|e| e.to_string())?;
+        }
+        Ok(out)
+    }
+}
+
+/// One thread's live statistics. Counters are atomics so the reporting thread
+/// can read them without stopping the workers; histograms sit behind a mutex
+/// that only the owning thread and the once-a-second snapshot take.
+#[derive(Default)]
+pub struct ThreadStats {
+    pub connected: AtomicU64,
+    pub connects: AtomicU64,
+    pub binds: AtomicU64,
+    pub pings: AtomicU64,
+    pub pongs: AtomicU64,
+    pub pushes: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub server_closes: AtomicU64,
+    pub churned: AtomicU64,
+    pub connect_errors: AtomicU64,
+    pub bind_errors: AtomicU64,
+    pub read_errors: AtomicU64,
+    pub write_errors: AtomicU64,
+    pub timeouts: AtomicU64,
+    /// Since the last snapshot.
+    interval: Mutex<Latencies>,
+    /// Since the start.
+    total: Mutex<Latencies>,
+}
+
+pub fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl ThreadStats {
+    pub fn record(&self, m: Metric, d: Duration) {
+        self.interval.lock().unwrap().record(m, d);
+    }
+
+    pub fn counters(&self) -> Counters {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Counters {
+            connected: g(&self.connected),
+            connects: g(&self.connects),
+            binds: g(&self.binds),
+            pings: g(&self.pings),
+            pongs: g(&self.pongs),
+            pushes: g(&self.pushes),
+            reconnects: g(&self.reconnects),
+            server_closes: g(&self.server_closes),
+            churned: g(&self.churned),
+            connect_errors: g(&self.connect_errors),
+            bind_errors: g(&self.bind_errors),
+            read_errors: g(&self.read_errors),
+            write_errors: g(&self.write_errors),
+            timeouts: g(&self.timeouts),
+        }
+    }
+
+    /// Moves the interval histograms out (adding them to the totals).
+    pub fn take_interval(&self) -> Latencies {
+        let mut iv = self.interval.lock().unwrap();
+        let out = iv.clone();
+        iv.reset();
+        drop(iv);
+        self.total.lock().unwrap().add(&out);
+        out
+    }
+
+    pub fn total(&self) -> Latencies {
+        self.total.lock().unwrap().clone()
+    }
+}
+
+/// A point-in-time view: cumulative counters and the last interval's latencies.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub counters: Counters,
+    pub interval: Latencies,
+}
+
+impl Snapshot {
+    pub fn add(&mut self, o: &Snapshot) {
+        self.counters.add(&o.counters);
+        self.interval.add(&o.interval);
+    }
+}
+
+/// Summary numbers of one histogram, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub min: u64,
+    pub mean: f64,
+    pub stdev: f64,
+    pub p50: u64,
+    pub p75: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub p9999: u64,
+    pub max: u64,
+}
+
+impl Percentiles {
+    pub fn of(h: &Histogram<u64>) -> Percentiles {
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        Percentiles {
+            count: h.len(),
+            min: h.min(),
+            mean: h.mean(),
+            stdev: h.stdev(),
+            p50: h.value_at_quantile(0.50),
+            p75: h.value_at_quantile(0.75),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            p9999: h.value_at_quantile(0.9999),
+            max: h.max(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_round_trip_and_merge_exactly() {
+        let mut a = Latencies::default();
+        let mut b = Latencies::default();
+        for i in 1..=1000u64 {
+            a.record(Metric::Ping, Duration::from_micros(i));
+            b.record(Metric::Ping, Duration::from_micros(1000 + i));
+        }
+        let decoded = Latencies::decode(&a.encode()).unwrap();
+        assert_eq!(
+            Percentiles::of(decoded.get(Metric::Ping)),
+            Percentiles::of(a.get(Metric::Ping))
+        );
+        a.add(&b);
+        let p = Percentiles::of(a.get(Metric::Ping));
+        assert_eq!(p.count, 2000);
+        assert_eq!(p.min, 1);
+        assert!((p.p50 as i64 - 1000).abs() <= 1, "{p:?}");
+        assert!((p.max as i64 - 2000).abs() <= 1, "{p:?}");
+    }
+}
