@@ -374,3 +374,51 @@ fn bad_input_is_one_clear_line_and_a_nonzero_exit() {
         assert!(lines <= 4, "{args:?}: not one clear line: {stderr}");
     }
 }
+
+#[test]
+fn link_limit_finds_where_the_gateway_stops_taking_sessions() {
+    // A gateway that can hold only ~200 connections (fd limit 256): beyond
+    // that, accepts fail with EMFILE and binds time out.
+    let gw = Miopd::start_with(Options {
+        args: vec!["--cores".into(), "1".into()],
+        fd_limit: Some(256),
+    });
+    let json = json_path("link");
+    let out = bench(&[
+        &url(&gw, "link"),
+        "-t",
+        "1",
+        "-c",
+        "2000",
+        "-d",
+        "20s",
+        "--timeout",
+        "1s",
+        "--scenario",
+        "link-limit",
+        "--connect-rate",
+        "500",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let r = report(&out, &json);
+    let limit = r
+        .summary
+        .link_limit
+        .unwrap_or_else(|| panic!("no link limit found: {:?}", r.summary.counters));
+    let held = gw.metric("miop_sessions").unwrap();
+    assert!((100..256).contains(&limit), "limit {limit}");
+    assert!(
+        r.summary.duration_s < 20.0,
+        "stopped at the limit, not at -d"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!(
+        "Link limit: errors crossed the threshold at {limit} bound sessions"
+    )));
+    assert!(
+        gw.metric("miop_accept_errors_total{errno=\"EMFILE\"}")
+            .unwrap_or(0.0)
+            > 0.0,
+        "held {held}"
+    );
+}
