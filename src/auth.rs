@@ -135,21 +135,37 @@ pub fn mint_token(secret: &[u8], device_id: &str, expires_unix: u64) -> String {
     )
 }
 
-fn token_message(device_id: &str, expires_unix: u64) -> String {
-    format!("miop-token-v1:{device_id}:{expires_unix}")
+fn token_message(device_id: &str, expires: impl std::fmt::Display) -> String {
+    format!("miop-token-v1:{device_id}:{expires}")
 }
 
+/// Only the canonical form is accepted: a decimal expiry without sign or
+/// leading zeros, and exactly 64 lowercase hex digits. The MAC is checked over
+/// the expiry text as received, so no two strings are the same token.
 fn verify_token(
     secret: &[u8],
     device_id: &str,
     token: &str,
     unix_now: u64,
 ) -> Result<(), AuthError> {
-    let (expires, mac_hex) = token.split_once('.').ok_or(AuthError::BadTokenFormat)?;
-    let expires: u64 = expires.parse().map_err(|_| AuthError::BadTokenFormat)?;
+    let (expires_text, mac_hex) = token.split_once('.').ok_or(AuthError::BadTokenFormat)?;
+    let canonical_number = !expires_text.is_empty()
+        && expires_text.len() <= 20
+        && expires_text.bytes().all(|b| b.is_ascii_digit())
+        && (expires_text == "0" || !expires_text.starts_with('0'));
+    let canonical_mac = mac_hex.len() == 64
+        && mac_hex
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !canonical_number || !canonical_mac {
+        return Err(AuthError::BadTokenFormat);
+    }
+    let expires: u64 = expires_text
+        .parse()
+        .map_err(|_| AuthError::BadTokenFormat)?;
     let tag = hex::decode(mac_hex).map_err(|_| AuthError::BadTokenFormat)?;
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts any key length");
-    mac.update(token_message(device_id, expires).as_bytes());
+    mac.update(token_message(device_id, expires_text).as_bytes());
     // verify_slice compares in constant time.
     mac.verify_slice(&tag)
         .map_err(|_| AuthError::BadSignature)?;
@@ -159,11 +175,15 @@ fn verify_token(
     Ok(())
 }
 
+/// Compares SHA-256 digests in constant time, so neither the content nor the
+/// length of a configured key leaks through timing.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use sha2::Digest;
+    let (da, db) = (Sha256::digest(a), Sha256::digest(b));
+    da.iter()
+        .zip(db.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 #[cfg(test)]
@@ -215,6 +235,19 @@ mod tests {
             a.check("dev-1", &tok("12.zz"), 0),
             Err(AuthError::BadTokenFormat)
         );
+        // Non-canonical spellings of a valid token are refused.
+        let (exp, mac) = t.split_once('.').unwrap();
+        for bad in [
+            format!("+{exp}.{mac}"),
+            format!("0{exp}.{mac}"),
+            format!("{exp}.{}", mac.to_uppercase()),
+        ] {
+            assert_eq!(
+                a.check("dev-1", &tok(&bad), 999),
+                Err(AuthError::BadTokenFormat),
+                "{bad}"
+            );
+        }
         assert_eq!(
             a.check("dev-1", &key("pk"), 0),
             Err(AuthError::AppKeysDisabled)

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
-use crate::protocol::{HEADER_LEN, MAX_FRAME_LEN};
+use crate::protocol::{MAX_BIND_FRAME_LEN, MAX_FRAME_LEN};
 use crate::session::SessionConfig;
 
 /// miopd: the Miop push gateway.
@@ -68,6 +68,11 @@ pub struct Cli {
     /// Listen backlog per core (the kernel caps it at net.core.somaxconn).
     #[arg(long, env = "MIOP_BACKLOG")]
     pub backlog: Option<u32>,
+
+    /// Bytes queued for a client that does not read before it is closed as a
+    /// slow consumer (default 262144).
+    #[arg(long, env = "MIOP_OUTBOUND_LIMIT")]
+    pub outbound_limit: Option<usize>,
 
     /// On SIGTERM/SIGINT, how long sessions get to receive Close before exit.
     #[arg(long, env = "MIOP_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
@@ -131,6 +136,7 @@ pub struct FileConfig {
     pub redis: Option<String>,
     pub max_frame: Option<u32>,
     pub backlog: Option<u32>,
+    pub outbound_limit: Option<usize>,
     #[serde(default, with = "opt_duration")]
     pub drain_timeout: Option<Duration>,
     pub node_id: Option<String>,
@@ -195,10 +201,10 @@ impl Config {
             .max_frame
             .or(file.max_frame)
             .unwrap_or(MAX_FRAME_LEN as u32);
-        if !(HEADER_LEN as u32 + 64..=MAX_FRAME_LEN as u32).contains(&max_frame) {
+        // A client learns the limit only from BindAck, so every legal Bind must fit.
+        if !(MAX_BIND_FRAME_LEN as u32..=MAX_FRAME_LEN as u32).contains(&max_frame) {
             return Err(format!(
-                "--max-frame must be between {} and {MAX_FRAME_LEN}",
-                HEADER_LEN + 64
+                "--max-frame must be between {MAX_BIND_FRAME_LEN} (the largest legal Bind) and {MAX_FRAME_LEN}"
             ));
         }
         session.max_frame_len = max_frame;
@@ -207,6 +213,22 @@ impl Config {
         }
         if session.bind_timeout.is_zero() {
             return Err("--bind-timeout must not be zero".into());
+        }
+        // Deadlines are Instant + Duration: keep them far from overflow.
+        let week = Duration::from_secs(7 * 24 * 3600);
+        if [heartbeat, session.heartbeat_timeout, session.bind_timeout]
+            .iter()
+            .any(|d| *d > week)
+        {
+            return Err(
+                "--heartbeat, --heartbeat-timeout and --bind-timeout must be at most 7 days".into(),
+            );
+        }
+        if let Some(limit) = cli.outbound_limit.or(file.outbound_limit) {
+            if limit < 4096 {
+                return Err("--outbound-limit must be at least 4096 bytes".into());
+            }
+            session.max_outbound_bytes = limit;
         }
         let cores = match cli.cores.or(file.cores).unwrap_or(0) {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),

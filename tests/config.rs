@@ -52,8 +52,8 @@ async fn environment_sets_app_keys_and_json_logs() {
         .env("MIOP_BIND_TIMEOUT", "250ms")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut child = KillOnDrop(cmd.spawn().unwrap());
+    let mut out = std::io::BufReader::new(child.0.stdout.take().unwrap());
     let mut line = String::new();
     std::io::BufRead::read_line(&mut out, &mut line).unwrap();
     let listen: std::net::SocketAddr = line
@@ -76,8 +76,8 @@ async fn environment_sets_app_keys_and_json_logs() {
     let mut idle = miop::client::Client::connect(listen).await.unwrap();
     let frames = frames_until_eof(&mut idle, Duration::from_secs(10)).await;
     assert_eq!(frames.len(), 1);
-    child.kill().unwrap();
-    let output = child.wait_with_output().unwrap();
+    child.0.kill().unwrap();
+    let output = child.take().wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     let first = stderr.lines().next().expect("a log line");
     let v: serde_json::Value =
@@ -147,4 +147,22 @@ fn token_subcommand_mints_a_token_the_gateway_accepts() {
         auth.check("dev-1", &Credential::Token(token.trim().into()), now),
         Ok(())
     );
+}
+
+/// Kills a spawned gateway if the test fails before it does.
+struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    fn take(mut self) -> std::process::Child {
+        // Swap in an already finished child so Drop has nothing to kill.
+        let done = std::process::Command::new("true").spawn().unwrap();
+        std::mem::replace(&mut self.0, done)
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

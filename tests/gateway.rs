@@ -213,7 +213,7 @@ fn header(frame_len: u32, version: u8, opcode: u8, seq: u32) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_get_an_error_and_a_close_while_other_sessions_continue() {
-    let gw = Miopd::start(&["--max-frame", "4096"]);
+    let gw = Miopd::start(&["--max-frame", "8192"]);
     let mut healthy = gw.bound("healthy").await;
 
     let mut too_big = header(1 << 20, 1, 0x03, 41);
@@ -248,19 +248,18 @@ async fn bad_frames_get_an_error_and_a_close_while_other_sessions_continue() {
     for (name, bytes, code, seq) in cases {
         let mut c = gw.bound(&format!("bad-{seq}")).await;
         c.send_raw(&bytes).await.unwrap();
-        let frames = frames_until_eof(&mut c, T).await;
+        let frames = full_frames_until_eof(&mut c, T).await;
+        // Exactly an Error naming the offending frame by its seq, then a Close
+        // (seq 0, server-initiated), then the end of the stream.
+        assert_eq!(frames.len(), 2, "{name}: {frames:?}");
+        assert_eq!(error_code(&frames[0].body), Some(code), "{name}");
+        assert_eq!(frames[0].seq, seq, "{name}");
         assert_eq!(
-            frames.iter().filter_map(error_code).collect::<Vec<_>>(),
-            vec![code],
+            close_reason(&frames[1].body),
+            Some(CloseReason::ProtocolError),
             "{name}"
         );
-        assert_eq!(
-            frames.iter().filter_map(close_reason).collect::<Vec<_>>(),
-            vec![CloseReason::ProtocolError],
-            "{name}"
-        );
-        // The Error frame names the offending frame by its seq.
-        assert!(frames.iter().any(|b| matches!(b, Body::Error(_))));
+        assert_eq!(frames[1].seq, 0, "{name}");
         assert_eq!(gw.get(&format!("/v1/sessions/bad-{seq}")).0, 404, "{name}");
         healthy
             .ping()
@@ -325,6 +324,13 @@ async fn sigterm_drains_every_session_with_close_and_exits() {
     assert!(status.success(), "{status:?}");
     let log = gw.log_text();
     assert!(log.contains("drained; exiting"), "{log}");
+    // Each core's accept loop ended because of the drain (listener shut down),
+    // not because the process went away.
+    assert_eq!(
+        log.matches("accept loop stopped for drain").count(),
+        2,
+        "{log}"
+    );
     assert!(
         Client::connect(gw.listen).await.is_err(),
         "listener must be closed after exit"
@@ -402,7 +408,7 @@ async fn closed_connections_release_their_fds_even_if_the_peer_stays() {
     for i in 0..100 {
         peers.push(gw.bound(&format!("quiet-{i}")).await);
     }
-    assert!(open_fds(gw.pid()) >= baseline + 200);
+    assert_eq!(gw.metric("miop_connections_accepted_total"), Some(200.0));
     for p in peers.iter_mut() {
         let frames = frames_until_eof(p, T).await;
         assert_eq!(
@@ -419,4 +425,110 @@ async fn closed_connections_release_their_fds_even_if_the_peer_stays() {
     });
     assert_eq!(gw.metric("miop_connections"), Some(0.0));
     drop(peers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_binds_of_one_device_leave_exactly_one_session() {
+    let gw = Miopd::start(&["--cores", "2"]);
+    let mut keep = Vec::new();
+    for round in 0..20 {
+        let device = format!("race-{round}");
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(gw.client().await);
+        }
+        // All three Binds are in flight at once.
+        let binds = clients
+            .iter_mut()
+            .map(|c| c.bind(&device, Credential::AppKey(KEY.into()), vec![]));
+        let results = join_all(binds).await;
+        let mut survivors = Vec::new();
+        for (c, r) in clients.iter_mut().zip(results) {
+            let ack = match r {
+                Ok(ack) => ack,
+                // Kicked before its BindAck was read: Close(REPLACED) comes first.
+                Err(e) => {
+                    assert_eq!(
+                        e.close_reason(),
+                        Some(CloseReason::Replaced),
+                        "round {round}: {e}"
+                    );
+                    continue;
+                }
+            };
+            // Bound: either the survivor (answers a ping) or kicked since.
+            match c.ping().await {
+                Ok(_) => survivors.push(ack.session_id),
+                Err(e) => assert_eq!(
+                    e.close_reason(),
+                    Some(CloseReason::Replaced),
+                    "round {round}: {e}"
+                ),
+            }
+        }
+        assert_eq!(survivors.len(), 1, "round {round}: survivors {survivors:?}");
+        let (_, body) = gw.get(&format!("/v1/sessions/{device}"));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["session_id"], survivors[0], "round {round}");
+        keep.extend(clients); // survivors stay bound
+    }
+    assert_eq!(gw.metric("miop_sessions"), Some(20.0));
+}
+
+/// Polls the futures together until all are done (no extra crate for join_all).
+async fn join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut pinned: Vec<_> = futs.map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (f, o) in pinned.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.into_iter().map(Option::unwrap).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_closed_as_a_slow_consumer() {
+    let gw = Miopd::start(&["--cores", "1", "--outbound-limit", "65536"]);
+    let mut healthy = gw.bound("reader").await;
+    // A small receive buffer so the kernel absorbs few Pongs for the flooder.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(gw.listen).await.unwrap();
+    let mut flooder = Client::from_stream(stream);
+    flooder
+        .bind("flooder", Credential::AppKey(KEY.into()), vec![])
+        .await
+        .unwrap();
+    // Pings in 64 KiB writes, never reading a Pong; at most 256 MiB.
+    let mut chunk = Vec::new();
+    for seq in 0..4096u32 {
+        chunk.extend_from_slice(&Frame::ping(seq + 1).to_bytes().unwrap());
+    }
+    let mut sent = 0usize;
+    while sent < 256 << 20 {
+        match tokio::time::timeout(T, flooder.send_raw(&chunk)).await {
+            Ok(Ok(())) => sent += chunk.len(),
+            Ok(Err(_)) => break, // the gateway closed us
+            Err(_) => panic!("writes blocked for 10 s and the slow consumer was not closed"),
+        }
+    }
+    wait_until(T, "slow consumer closed", || {
+        gw.metric("miop_connections_closed_total{reason=\"slow_consumer\"}") == Some(1.0)
+    });
+    assert_eq!(gw.get("/v1/sessions/flooder").0, 404);
+    healthy.ping().await.unwrap();
+    assert_eq!(gw.metric("miop_sessions"), Some(1.0));
 }

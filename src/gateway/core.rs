@@ -57,6 +57,7 @@ pub struct Core {
     drained: Notify,
     metrics: CoreMetrics,
     accept_log: RateLimitedLog,
+    slow_log: RateLimitedLog,
 }
 
 impl Core {
@@ -76,6 +77,7 @@ impl Core {
             metrics: CoreMetrics::new(),
             node,
             accept_log: RateLimitedLog::new(Duration::from_secs(5)),
+            slow_log: RateLimitedLog::new(Duration::from_secs(5)),
         }
     }
 
@@ -136,8 +138,9 @@ impl Core {
                     let errno = errno_name(e.raw_os_error());
                     m::accept_error(errno);
                     match e.raw_os_error() {
-                        // Out of fds or memory: back off so the loop does not spin,
-                        // and recover as soon as connections close.
+                        // Out of fds or memory: back off (5 ms doubling to 1 s) so
+                        // the loop does not spin; accepting resumes within one
+                        // backoff step of connections closing.
                         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
                             self.accept_log.warn(|suppressed| {
                                 tracing::warn!(
@@ -299,6 +302,7 @@ impl Core {
     fn apply(self: &Rc<Self>, slot: usize, sid: u64, actions: Vec<Action>) {
         let mut replaced = Vec::new();
         let mut flush = false;
+        let mut slow = false;
         for action in actions {
             match action {
                 Action::Send(frame) => {
@@ -311,6 +315,14 @@ impl Core {
                             tracing::error!(core = self.id, error = %e, "cannot encode a server frame");
                         }
                         flush = true;
+                        if c.outbound.len() > self.node.session.max_outbound_bytes
+                            && c.closing_since.is_none()
+                        {
+                            // The peer is not reading: free what is queued for
+                            // it and close it, instead of growing without bound.
+                            c.outbound = BytesMut::new();
+                            slow = true;
+                        }
                     }
                 }
                 Action::Presence(PresenceChange::Online {
@@ -361,6 +373,17 @@ impl Core {
                 }
             }
         }
+        if slow {
+            self.slow_log.warn(|suppressed| {
+                tracing::warn!(
+                    core = self.id,
+                    suppressed,
+                    limit = self.node.session.max_outbound_bytes,
+                    "closing a slow consumer: outbound queue over its limit"
+                )
+            });
+            self.kick(slot, sid, CloseReason::SlowConsumer);
+        }
         if flush {
             self.ensure_writer(slot, sid);
         }
@@ -396,6 +419,7 @@ impl Core {
             let msg = match reason {
                 CloseReason::Replaced => "the device bound again on another connection",
                 CloseReason::ServerShutdown => "server shutting down",
+                CloseReason::SlowConsumer => "outbound queue overflow: the client does not read",
                 _ => "closed by the server",
             };
             c.session.kick(reason, msg, &mut actions);

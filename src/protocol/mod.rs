@@ -34,3 +34,12 @@ pub const MAX_TOPIC_LEN: usize = 128;
 pub const MAX_BIND_TOPICS: usize = 32;
 /// Longest human-readable message in Close and Error frames.
 pub const MAX_MESSAGE_LEN: usize = 255;
+/// The largest Bind the limits allow (longest device id, credential and 32
+/// longest topics). A receiver must accept frames at least this long, since a
+/// client learns the server's limit only from BindAck.
+pub const MAX_BIND_FRAME_LEN: usize = HEADER_LEN
+    + (1 + MAX_DEVICE_ID_LEN)
+    + 1
+    + (2 + MAX_CREDENTIAL_LEN)
+    + 1
+    + MAX_BIND_TOPICS * (1 + MAX_TOPIC_LEN);

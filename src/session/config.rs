@@ -14,6 +14,9 @@ pub struct SessionConfig {
     pub heartbeat_timeout: Duration,
     /// Largest inbound frame accepted; announced in BindAck.
     pub max_frame_len: u32,
+    /// Bytes queued for a peer that does not read before it is closed as a
+    /// slow consumer (SLOW_CONSUMER). Bounds the memory one client can pin.
+    pub max_outbound_bytes: usize,
 }
 
 impl SessionConfig {
@@ -35,6 +38,7 @@ impl Default for SessionConfig {
             heartbeat_interval: Duration::from_secs(30),
             heartbeat_timeout: Duration::from_secs(90),
             max_frame_len: MAX_FRAME_LEN as u32,
+            max_outbound_bytes: 256 * 1024,
         }
     }
 }

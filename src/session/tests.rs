@@ -22,6 +22,7 @@ fn rig() -> Rig {
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(30),
             max_frame_len: 4096,
+            max_outbound_bytes: 1 << 20,
         },
         auth: Authenticator::new(["pk".to_string()], Some("secret".into())),
         s: Session::new(7, t0),

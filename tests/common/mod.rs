@@ -187,8 +187,17 @@ pub async fn next_frame(c: &mut Client, limit: Duration) -> Result<Option<Frame>
         .expect("no frame from server in time")
 }
 
-/// Reads frames until the server closes; returns the frames it sent.
+/// Reads frames until the server closes; returns the bodies it sent.
 pub async fn frames_until_eof(c: &mut Client, limit: Duration) -> Vec<Body> {
+    full_frames_until_eof(c, limit)
+        .await
+        .into_iter()
+        .map(|f| f.body)
+        .collect()
+}
+
+/// Reads frames until the server closes; returns the frames (with seq) it sent.
+pub async fn full_frames_until_eof(c: &mut Client, limit: Duration) -> Vec<Frame> {
     let mut out = Vec::new();
     let end = tokio::time::Instant::now() + limit;
     loop {
@@ -196,7 +205,7 @@ pub async fn frames_until_eof(c: &mut Client, limit: Duration) -> Vec<Body> {
             .await
             .expect("server did not close in time")
         {
-            Ok(Some(f)) => out.push(f.body),
+            Ok(Some(f)) => out.push(f),
             Ok(None) => return out,
             // A reset after the last frame still counts as closed.
             Err(ClientError::Io(_)) => return out,
