@@ -48,21 +48,6 @@ impl Fleet {
     }
 }
 
-/// Raises the soft fd limit to the hard one; returns the limit in force.
-fn raise_nofile() -> u64 {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) => {
-            if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-                hard
-            } else {
-                soft
-            }
-        }
-        Err(_) => 1024,
-    }
-}
-
 /// Entry point of the `miop-bench` binary. `raw` is argv without the program
 /// name (forwarded to worker processes). Returns the exit code.
 pub fn main(args: BenchArgs, raw: Vec<String>) -> i32 {
@@ -73,7 +58,7 @@ pub fn main(args: BenchArgs, raw: Vec<String>) -> i32 {
             return 2;
         }
     };
-    let fd_limit = raise_nofile();
+    let fd_limit = crate::gateway::raise_fd_limit().max(64);
     let per_proc = fd_limit.saturating_sub(FD_RESERVE).max(16);
 
     if let Some(w) = &args.worker {
@@ -141,16 +126,7 @@ pub fn main(args: BenchArgs, raw: Vec<String>) -> i32 {
         threads_per_proc,
         args.progress,
     ));
-    let Outcome {
-        timeline,
-        steps,
-        link_limit,
-        interrupted,
-        elapsed,
-        counters,
-        total,
-        peak,
-    } = match outcome {
+    let o = match outcome {
         Ok(o) => o,
         Err(e) => {
             eprintln!("miop-bench: {e}");
@@ -163,16 +139,19 @@ pub fn main(args: BenchArgs, raw: Vec<String>) -> i32 {
         threads,
         procs,
         connections: plan.connections,
-        duration_s: elapsed,
-        peak_connected: peak,
-        link_limit,
-        counters,
-        latency: percentiles_by_name(&total),
-        steps,
-        interrupted,
+        duration_s: o.elapsed,
+        peak_connected: o.peak,
+        link_limit: o.link_limit,
+        counters: o.counters,
+        latency: percentiles_by_name(&o.total),
+        steps: o.steps,
+        interrupted: o.interrupted,
     };
-    print!("{}", report::text(&summary, &total, args.latency));
-    let report = Report { summary, timeline };
+    print!("{}", report::text(&summary, &o.total, args.latency));
+    let report = Report {
+        summary,
+        timeline: o.timeline,
+    };
     let mut code = 0;
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report).expect("report serializes");
@@ -188,7 +167,7 @@ pub fn main(args: BenchArgs, raw: Vec<String>) -> i32 {
         }
     }
     if let Some(s) = &script {
-        if let Err(e) = s.done(&report.summary, &total) {
+        if let Err(e) = s.done(&report.summary, &o.total) {
             eprintln!("miop-bench: script done(): {e}");
             code = 1;
         }

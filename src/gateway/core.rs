@@ -204,7 +204,7 @@ impl Core {
         self.conns
             .borrow()
             .get(slot)
-            .is_some_and(|c| c.session.session_id() == sid && c.closing_since.is_none())
+            .is_some_and(|c| c.is(sid) && c.closing_since.is_none())
     }
 
     /// Feeds bytes read from the socket to the session. Returns whether the
@@ -221,10 +221,7 @@ impl Core {
         let mut actions = Vec::new();
         {
             let mut conns = self.conns.borrow_mut();
-            let Some(c) = conns
-                .get_mut(slot)
-                .filter(|c| c.session.session_id() == sid)
-            else {
+            let Some(c) = live(&mut conns, slot, sid) else {
                 return false;
             };
             let cfg = &self.node.session;
@@ -278,10 +275,7 @@ impl Core {
         let mut actions = Vec::new();
         let stream = {
             let mut conns = self.conns.borrow_mut();
-            let Some(c) = conns
-                .get_mut(slot)
-                .filter(|c| c.session.session_id() == sid)
-            else {
+            let Some(c) = live(&mut conns, slot, sid) else {
                 return;
             };
             if c.closing_since.is_none() {
@@ -307,10 +301,7 @@ impl Core {
             match action {
                 Action::Send(frame) => {
                     let mut conns = self.conns.borrow_mut();
-                    if let Some(c) = conns
-                        .get_mut(slot)
-                        .filter(|c| c.session.session_id() == sid)
-                    {
+                    if let Some(c) = live(&mut conns, slot, sid) {
                         if let Err(e) = frame.encode(&mut c.outbound) {
                             tracing::error!(core = self.id, error = %e, "cannot encode a server frame");
                         }
@@ -353,10 +344,7 @@ impl Core {
                 Action::Acked { .. } => self.metrics.push_acks.increment(1),
                 Action::Close { reason } => {
                     let mut conns = self.conns.borrow_mut();
-                    if let Some(c) = conns
-                        .get_mut(slot)
-                        .filter(|c| c.session.session_id() == sid)
-                    {
+                    if let Some(c) = live(&mut conns, slot, sid) {
                         if c.closing_since.is_none() {
                             c.closing_since = Some(Instant::now());
                             m::closed(reason.name());
@@ -410,10 +398,7 @@ impl Core {
         let mut actions = Vec::new();
         {
             let mut conns = self.conns.borrow_mut();
-            let Some(c) = conns
-                .get_mut(slot)
-                .filter(|c| c.session.session_id() == sid)
-            else {
+            let Some(c) = live(&mut conns, slot, sid) else {
                 return;
             };
             let msg = match reason {
@@ -432,10 +417,7 @@ impl Core {
     fn ensure_writer(self: &Rc<Self>, slot: usize, sid: u64) {
         let stream = {
             let mut conns = self.conns.borrow_mut();
-            let Some(c) = conns
-                .get_mut(slot)
-                .filter(|c| c.session.session_id() == sid)
-            else {
+            let Some(c) = live(&mut conns, slot, sid) else {
                 return;
             };
             if c.writing {
@@ -457,9 +439,7 @@ impl Core {
     /// closing, and the entry removed if the reader has ended too).
     pub(super) fn next_outbound(&self, slot: usize, sid: u64) -> Option<bytes::Bytes> {
         let mut conns = self.conns.borrow_mut();
-        let c = conns
-            .get_mut(slot)
-            .filter(|c| c.session.session_id() == sid)?;
+        let c = live(&mut conns, slot, sid)?;
         if !c.outbound.is_empty() {
             return Some(std::mem::take(&mut c.outbound).freeze());
         }
@@ -478,10 +458,7 @@ impl Core {
     /// The reader task ended; remove the entry unless a writer still runs.
     pub(super) fn reader_done(&self, slot: usize, sid: u64) {
         let mut conns = self.conns.borrow_mut();
-        let Some(c) = conns
-            .get_mut(slot)
-            .filter(|c| c.session.session_id() == sid)
-        else {
+        let Some(c) = live(&mut conns, slot, sid) else {
             return;
         };
         c.reader_done = true;
@@ -558,7 +535,7 @@ impl Core {
 
     fn inspect(&self, slot: usize, sid: u64) -> Option<SessionView> {
         let conns = self.conns.borrow();
-        let c = conns.get(slot).filter(|c| c.session.session_id() == sid)?;
+        let c = conns.get(slot).filter(|c| c.is(sid))?;
         Some(SessionView {
             node: self.node.node_id.clone(),
             core: self.id,
@@ -606,6 +583,18 @@ impl Core {
 
     fn node_drain_timeout(&self) -> Duration {
         self.node.drain_timeout
+    }
+}
+
+/// The connection at `slot` if it is still session `sid` (slots are reused;
+/// the session id fences stale references from timers, kicks and writers).
+fn live(conns: &mut Slab<Conn>, slot: usize, sid: u64) -> Option<&mut Conn> {
+    conns.get_mut(slot).filter(|c| c.is(sid))
+}
+
+impl Conn {
+    fn is(&self, sid: u64) -> bool {
+        self.session.session_id() == sid
     }
 }
 
