@@ -422,3 +422,61 @@ fn link_limit_finds_where_the_gateway_stops_taking_sessions() {
         "held {held}"
     );
 }
+
+#[test]
+fn ctrl_c_stops_closes_every_connection_and_still_reports() {
+    let gw = Miopd::start(&["--cores", "2"]);
+    let json = json_path("sigint");
+    let child = Command::new(env!("CARGO_BIN_EXE_miop-bench"))
+        .args([
+            &url(&gw, "int"),
+            "-t",
+            "2",
+            "-c",
+            "100",
+            "-d",
+            "1h",
+            "--procs",
+            "2",
+        ])
+        .args(["--json", json.to_str().unwrap(), "--progress", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(10), "100 sessions bound", || {
+        gw.metric("miop_sessions") == Some(100.0)
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let r = report(&out, &json);
+    assert_eq!(
+        r.summary.interrupted.as_deref(),
+        Some("interrupted (SIGINT)")
+    );
+    assert!(r.summary.duration_s < 3600.0);
+    assert_eq!(r.summary.counters.binds, 100);
+    assert_eq!(
+        r.summary.latency["bind"].count, 100,
+        "worker histograms still merged"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("stopped early: interrupted (SIGINT)"),
+        "{text}"
+    );
+    // Every session said goodbye with a Close frame before the exit.
+    wait_until(
+        Duration::from_secs(10),
+        "gateway sessions back to 0",
+        || gw.metric("miop_sessions") == Some(0.0),
+    );
+    assert_eq!(
+        gw.metric("miop_connections_closed_total{reason=\"normal\"}"),
+        Some(100.0)
+    );
+}
