@@ -8,7 +8,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -17,11 +17,14 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
 use crate::gateway::Gateway;
+use crate::presence::RedisPresence;
 
 #[derive(Clone)]
 pub struct AdminState {
     pub gateway: Arc<Gateway>,
     pub metrics: PrometheusHandle,
+    /// None in standalone mode (presence is the node's memory).
+    pub presence: Option<Arc<RedisPresence>>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -29,6 +32,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/sessions/{device_id}", get(session))
+        .route("/v1/presence/{device_id}", get(presence))
+        .route("/v1/consistency", get(consistency))
         .with_state(state)
 }
 
@@ -42,7 +47,10 @@ async fn healthz(State(s): State<AdminState>) -> Response {
         "sessions": node.registry.len(),
         "uptime_seconds": node.started.elapsed().as_secs(),
         "fd_limit": node.fd_limit,
-        "presence": "standalone",
+        "presence": match &s.presence {
+            Some(p) => p.status(),
+            None => json!({"mode": "standalone"}),
+        },
         "listen": s.gateway.listen_addr.to_string(),
     });
     let code = if draining {
@@ -72,5 +80,69 @@ async fn session(State(s): State<AdminState>, Path(device_id): Path<String>) -> 
             Json(json!({"error": "not bound on this node", "device_id": device_id})),
         )
             .into_response(),
+    }
+}
+
+fn redis_unavailable(e: impl std::fmt::Display) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"error": format!("Redis unavailable: {e}"), "redis": "down"})),
+    )
+        .into_response()
+}
+
+/// What the shared presence store says about a device: 200 with the holding
+/// node when it is online, 404 when not. In standalone mode the store is this
+/// node's memory.
+async fn presence(State(s): State<AdminState>, Path(device_id): Path<String>) -> Response {
+    let not_found = || {
+        (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "not online", "device_id": device_id})),
+        )
+            .into_response()
+    };
+    match &s.presence {
+        Some(p) => match p.lookup(&device_id).await {
+            Ok(Some(entry)) => Json(entry).into_response(),
+            Ok(None) => not_found(),
+            Err(e) => redis_unavailable(e),
+        },
+        None => match s.gateway.node.registry.get(&device_id) {
+            Some(loc) => Json(json!({
+                "device_id": device_id,
+                "node": s.gateway.node.node_id,
+                "session": crate::presence::keys::session_tag(&s.gateway.node.incarnation, loc.session_id),
+                "since_ms": loc.since_ms,
+                "node_alive": true,
+                "local": true,
+                "source": "memory",
+            }))
+            .into_response(),
+            None => not_found(),
+        },
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ConsistencyQuery {
+    /// Compare only this many random sessions (and set members) instead of all.
+    sample: Option<usize>,
+}
+
+/// Compares this node's memory with Redis: counts of missing, stale and
+/// mismatched entries (docs/PRESENCE.md gives the cost of a full check).
+async fn consistency(State(s): State<AdminState>, Query(q): Query<ConsistencyQuery>) -> Response {
+    match &s.presence {
+        Some(p) => match p.consistency(q.sample).await {
+            Ok(c) => Json(c).into_response(),
+            Err(e) => redis_unavailable(e),
+        },
+        None => Json(json!({
+            "missing": 0, "stale": 0, "mismatched": 0,
+            "local_sessions": s.gateway.node.registry.len(),
+            "mode": "standalone",
+        }))
+        .into_response(),
     }
 }

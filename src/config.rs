@@ -56,10 +56,16 @@ pub struct Cli {
     #[arg(long, env = "MIOP_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Option<String>,
 
-    /// Redis URL for shared presence (redis://host:port). Reserved: presence in
-    /// Redis arrives in a later release; without it the node runs standalone.
+    /// Redis for shared presence: redis://host:port, or redis-cluster://host:port
+    /// for a Redis Cluster. Absent: standalone, with in-memory presence only.
+    /// Redis being down (even at start) never affects sessions.
     #[arg(long, env = "MIOP_REDIS")]
     pub redis: Option<String>,
+
+    /// Presence lease: a node whose lease lapses for this long is considered
+    /// dead and its presence entries are removed by the other nodes.
+    #[arg(long, env = "MIOP_PRESENCE_LEASE", value_parser = humantime::parse_duration)]
+    pub presence_lease: Option<Duration>,
 
     /// Largest inbound frame in bytes (header included).
     #[arg(long, env = "MIOP_MAX_FRAME")]
@@ -134,6 +140,8 @@ pub struct FileConfig {
     pub app_keys: Vec<String>,
     pub token_secret: Option<String>,
     pub redis: Option<String>,
+    #[serde(default, with = "opt_duration")]
+    pub presence_lease: Option<Duration>,
     pub max_frame: Option<u32>,
     pub backlog: Option<u32>,
     pub outbound_limit: Option<usize>,
@@ -165,6 +173,7 @@ pub struct Config {
     pub app_keys: Vec<String>,
     pub token_secret: Option<String>,
     pub redis: Option<String>,
+    pub presence_lease: Duration,
     pub backlog: u32,
     pub drain_timeout: Duration,
     pub node_id: String,
@@ -261,6 +270,11 @@ impl Config {
             app_keys,
             token_secret: cli.token_secret.or(file.token_secret),
             redis: cli.redis.or(file.redis),
+            presence_lease: cli
+                .presence_lease
+                .or(file.presence_lease)
+                .unwrap_or(Duration::from_secs(15))
+                .max(Duration::from_millis(300)),
             backlog: cli.backlog.or(file.backlog).unwrap_or(65_535),
             drain_timeout: cli
                 .drain_timeout

@@ -13,5 +13,6 @@ pub mod client;
 pub mod config;
 pub mod gateway;
 pub mod metrics;
+pub mod presence;
 pub mod protocol;
 pub mod session;

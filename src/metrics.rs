@@ -5,7 +5,8 @@
 //! cores start, and rendered by the admin server (`GET /metrics`).
 
 use metrics::{counter, describe_counter, describe_gauge, gauge, Counter, Gauge};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics::{describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const SESSIONS: &str = "miop_sessions";
 pub const CONNECTIONS: &str = "miop_connections";
@@ -19,10 +20,35 @@ pub const PUSH_ACKS: &str = "miop_push_acks_total";
 pub const KICKS: &str = "miop_kicks_total";
 pub const CORES: &str = "miop_cores";
 pub const FD_LIMIT: &str = "miop_fd_limit";
+pub const REDIS_UP: &str = "miop_redis_up";
+pub const REDIS_RECONNECTS: &str = "miop_redis_reconnects_total";
+pub const PRESENCE_QUEUE: &str = "miop_presence_queue_depth";
+pub const PRESENCE_LAG: &str = "miop_presence_sync_lag_seconds";
+pub const PRESENCE_BATCH: &str = "miop_presence_batch_size";
+pub const PRESENCE_BATCH_SECONDS: &str = "miop_presence_batch_duration_seconds";
+pub const PRESENCE_WRITES: &str = "miop_presence_writes_total";
+pub const RECONCILIATIONS: &str = "miop_presence_reconciliations_total";
+pub const RECONCILE_FIXES: &str = "miop_presence_reconcile_fixes_total";
+pub const REMOTE_KICKS: &str = "miop_presence_remote_kicks_total";
+pub const NODE_CLEANUPS: &str = "miop_presence_dead_node_cleanups_total";
+pub const CLEANED_ENTRIES: &str = "miop_presence_cleaned_entries_total";
 
 /// Installs the global Prometheus recorder and describes every metric.
 pub fn install() -> Result<PrometheusHandle, String> {
     let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(PRESENCE_BATCH.into()),
+            &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0],
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(PRESENCE_BATCH_SECONDS.into()),
+                &[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ],
+            )
+        })
+        .map_err(|e| format!("invalid histogram buckets: {e}"))?
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     describe_gauge!(SESSIONS, "Bound sessions on this node now.");
@@ -57,6 +83,56 @@ pub fn install() -> Result<PrometheusHandle, String> {
     describe_gauge!(
         FD_LIMIT,
         "The process's file descriptor limit after start-up."
+    );
+    describe_gauge!(
+        REDIS_UP,
+        "1 when the presence client is connected to Redis (absent in standalone mode)."
+    );
+    describe_counter!(
+        REDIS_RECONNECTS,
+        "Connections (and reconnections) to Redis; each triggers a reconciliation."
+    );
+    describe_gauge!(
+        PRESENCE_QUEUE,
+        "Presence changes queued for Redis (coalesced per device)."
+    );
+    describe_gauge!(
+        PRESENCE_LAG,
+        Unit::Seconds,
+        "Age of the oldest presence change not yet written to Redis."
+    );
+    describe_histogram!(
+        PRESENCE_BATCH,
+        "Presence changes per pipelined Redis batch."
+    );
+    describe_histogram!(
+        PRESENCE_BATCH_SECONDS,
+        Unit::Seconds,
+        "Time to write one presence batch to Redis."
+    );
+    describe_counter!(
+        PRESENCE_WRITES,
+        "Presence changes written to Redis, by result."
+    );
+    describe_counter!(
+        RECONCILIATIONS,
+        "Full reconciliations of this node's presence with Redis."
+    );
+    describe_counter!(
+        RECONCILE_FIXES,
+        "Entries fixed by reconciliation, by kind (missing, mismatched, stale)."
+    );
+    describe_counter!(
+        REMOTE_KICKS,
+        "Duplicate-bind kicks exchanged with other nodes via Redis, by direction."
+    );
+    describe_counter!(
+        NODE_CLEANUPS,
+        "Dead nodes (lapsed lease) whose presence this node removed."
+    );
+    describe_counter!(
+        CLEANED_ENTRIES,
+        "Presence entries of dead nodes removed by this node."
     );
     Ok(handle)
 }

@@ -10,6 +10,7 @@ use miop::admin::{self, AdminState};
 use miop::auth::{mint_token, Authenticator};
 use miop::config::{Cli, Command, Config, LogFormat};
 use miop::gateway;
+use miop::presence::{PendingChanges, RedisPresence, RedisSettings};
 use tokio::signal::unix::{signal, SignalKind};
 
 fn main() -> ExitCode {
@@ -74,15 +75,20 @@ fn run(config: Config) -> Result<(), String> {
                 .into(),
         );
     }
-    if let Some(redis) = &config.redis {
-        tracing::warn!(%redis, "--redis is reserved for shared presence (a later release); running standalone");
-    }
     let fd_limit = gateway::raise_fd_limit();
     let metrics = miop::metrics::install()?;
     metrics::gauge!(miop::metrics::CORES).set(config.cores as f64);
     metrics::gauge!(miop::metrics::FD_LIMIT).set(fd_limit as f64);
 
-    let gw = gateway::start(&config, auth.clone(), fd_limit)?;
+    // The cores record presence changes here; the control plane writes them.
+    let pending = config
+        .redis
+        .as_ref()
+        .map(|_| Arc::new(PendingChanges::new(config.cores * 16, 4_000_000)));
+    if config.redis.is_some() {
+        metrics::gauge!(miop::metrics::REDIS_UP).set(0.0);
+    }
+    let gw = gateway::start(&config, auth.clone(), fd_limit, pending.clone())?;
     tracing::info!(
         node = %config.node_id,
         listen = %gw.listen_addr,
@@ -96,7 +102,7 @@ fn run(config: Config) -> Result<(), String> {
         heartbeat_timeout_ms = config.session.heartbeat_timeout.as_millis() as u64,
         app_keys = auth.app_key_count(),
         token_mode = auth.token_mode(),
-        presence = "standalone",
+        presence = if config.redis.is_some() { "redis" } else { "standalone" },
         "miopd started"
     );
 
@@ -111,9 +117,24 @@ fn run(config: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot listen on admin address {}: {e}", config.admin))?;
         let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
         let gw = Arc::new(gw);
+        let presence = match (&config.redis, pending) {
+            (Some(url), Some(pending)) => {
+                let settings = RedisSettings {
+                    url: url.clone(),
+                    lease_ttl: config.presence_lease,
+                    command_timeout: Duration::from_secs(2),
+                };
+                let p = RedisPresence::start(settings, gw.node.clone(), pending)?;
+                tracing::info!(redis = %url, lease_ms = config.presence_lease.as_millis() as u64,
+                    "presence in Redis (connecting in the background; sessions never wait for it)");
+                Some(p)
+            }
+            _ => None,
+        };
         let state = AdminState {
             gateway: gw.clone(),
             metrics: metrics.clone(),
+            presence,
         };
         tokio::spawn(async move {
             if let Err(e) = axum::serve(admin_listener, admin::router(state)).await {

@@ -323,13 +323,20 @@ impl Core {
                 }) => {
                     self.metrics.sessions.increment(1.0);
                     self.metrics.binds_ok.increment(1);
+                    let since_ms = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
                     let loc = Location {
                         core: self.id,
                         slot: slot as u32,
                         session_id,
+                        since_ms,
                     };
                     if let Some(old) = self.node.registry.bind(&device_id, loc) {
                         replaced.push(old);
+                    }
+                    if let Some(p) = &self.node.presence {
+                        p.mark(&device_id);
                     }
                 }
                 Action::Presence(PresenceChange::Offline {
@@ -339,6 +346,9 @@ impl Core {
                 }) => {
                     self.metrics.sessions.decrement(1.0);
                     self.node.registry.unbind(&device_id, session_id);
+                    if let Some(p) = &self.node.presence {
+                        p.mark(&device_id);
+                    }
                 }
                 Action::BindRejected(code) => m::bind_rejected(code.name()),
                 Action::Acked { .. } => self.metrics.push_acks.increment(1),

@@ -58,7 +58,12 @@ pub fn raise_fd_limit() -> u64 {
 
 /// Starts the core threads. Fails with a readable message if a listener cannot
 /// be bound or io_uring cannot be set up.
-pub fn start(cfg: &Config, auth: Authenticator, fd_limit: u64) -> Result<Gateway, String> {
+pub fn start(
+    cfg: &Config,
+    auth: Authenticator,
+    fd_limit: u64,
+    presence: Option<Arc<crate::presence::PendingChanges>>,
+) -> Result<Gateway, String> {
     let listeners = listener::bind_all(cfg.listen, cfg.cores, cfg.backlog)
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     let listen_addr = listeners[0]
@@ -81,6 +86,8 @@ pub fn start(cfg: &Config, auth: Authenticator, fd_limit: u64) -> Result<Gateway
         started: Instant::now(),
         fd_limit,
         drain_timeout: cfg.drain_timeout,
+        incarnation: format!("{:08x}", fastrand::u32(..)),
+        presence,
     });
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(u16, bool), String>>();
     let mut threads = Vec::new();

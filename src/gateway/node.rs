@@ -23,6 +23,11 @@ pub struct Node {
     pub started: Instant,
     pub fd_limit: u64,
     pub drain_timeout: std::time::Duration,
+    /// Random per process start: makes session ids unique across restarts in
+    /// shared presence.
+    pub incarnation: String,
+    /// Presence changes for Redis (None: standalone, in-memory presence only).
+    pub presence: Option<Arc<crate::presence::PendingChanges>>,
 }
 
 /// A message to one core, sent from another core or the control plane.

@@ -17,6 +17,8 @@ pub struct Location {
     /// Key of the connection in the core's slab.
     pub slot: u32,
     pub session_id: u64,
+    /// Bind time (unix ms): orders binds of one device across nodes.
+    pub since_ms: u64,
 }
 
 type Shard = Mutex<HashMap<Box<str>, Location>>;
@@ -83,6 +85,15 @@ impl Registry {
             .copied()
     }
 
+    /// Every bound device and where it is (a copy; for reconciliation).
+    pub fn snapshot(&self) -> Vec<(Box<str>, Location)> {
+        let mut out = Vec::with_capacity(self.len());
+        for s in self.shards.iter() {
+            out.extend(s.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)));
+        }
+        out
+    }
+
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().unwrap().len()).sum()
     }
@@ -101,6 +112,7 @@ mod tests {
             core,
             slot: 0,
             session_id: sid,
+            since_ms: 0,
         }
     }
 

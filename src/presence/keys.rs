@@ -1,0 +1,62 @@
+//! The Redis key schema (docs/PRESENCE.md) and the Lua scripts that keep
+//! each device's entry consistent. Every script touches exactly one key, so
+//! it runs unchanged on Redis Cluster.
+
+/// Device entry: HASH { node, sid, since, epoch }.
+pub fn device(device_id: &str) -> String {
+    format!("miop:dev:{device_id}")
+}
+
+/// Node lease: STRING (the node's incarnation) with a TTL, refreshed on a timer.
+pub fn lease(node: &str) -> String {
+    format!("miop:node:{{{node}}}:lease")
+}
+
+/// Devices this node has written as online: SET, for cleanup and reconciliation.
+pub fn node_devices(node: &str) -> String {
+    format!("miop:node:{{{node}}}:devices")
+}
+
+/// Claim on cleaning a dead node's entries (SET NX with a TTL).
+pub fn cleanup_claim(node: &str) -> String {
+    format!("miop:node:{{{node}}}:cleanup")
+}
+
+/// Every node that has ever written presence: SET of node ids.
+pub const NODES: &str = "miop:nodes";
+
+/// Sharded pub/sub channel on which a node hears "your session was replaced".
+pub fn kick_channel(node: &str) -> String {
+    format!("miop:kick:{{{node}}}")
+}
+
+/// A session as stored in Redis: unique across restarts of a node.
+pub fn session_tag(incarnation: &str, session_id: u64) -> String {
+    format!("{incarnation}-{session_id:x}")
+}
+
+/// Marks the device online on this node unless a later bind (by bind time)
+/// already holds it. Returns `{won, previous node, previous session}`.
+/// KEYS[1] = device key; ARGV = node, session tag, since (unix ms).
+pub const ONLINE: &str = r#"
+local cur = redis.call('HMGET', KEYS[1], 'node', 'sid', 'since')
+if cur[1] and cur[3] and tonumber(cur[3]) > tonumber(ARGV[3])
+   and not (cur[1] == ARGV[1] and cur[2] == ARGV[2]) then
+  return {0, cur[1], cur[2]}
+end
+redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+redis.call('HSET', KEYS[1], 'node', ARGV[1], 'sid', ARGV[2], 'since', ARGV[3])
+return {1, cur[1] or '', cur[2] or ''}
+"#;
+
+/// Removes the entry if the given node holds it, whatever the session: used
+/// when that node does not hold the device now (its index is the truth), and
+/// for dead nodes. A bind on another node is never removed. KEYS[1] = device
+/// key; ARGV = node.
+pub const PURGE: &str = r#"
+if redis.call('HGET', KEYS[1], 'node') == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"#;

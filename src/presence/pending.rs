@@ -1,0 +1,167 @@
+//! Devices whose presence in Redis may be out of date.
+//!
+//! The io_uring cores mark a device dirty whenever it binds or goes offline
+//! and move on: they never wait on Redis. The writer later writes what the
+//! node's device index says *at write time* (online with the live session, or
+//! no entry in this node's name), so however many changes a device went
+//! through, one write brings Redis to the current state, and the set holds at
+//! most one entry per device. A hard cap bounds it anyway; past it, marks are
+//! dropped and the writer reconciles the node's whole state instead.
+
+use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+type Shard = Mutex<HashSet<Box<str>>>;
+
+pub struct PendingChanges {
+    hasher: RandomState,
+    shards: Box<[Shard]>,
+    len: AtomicUsize,
+    cap: usize,
+    overflowed: AtomicBool,
+    /// Since when the set has been non-empty (the age of the oldest change).
+    backlog_since: Mutex<Option<Instant>>,
+    /// Wakes the writer.
+    pub notify: tokio::sync::Notify,
+}
+
+impl PendingChanges {
+    pub fn new(shards: usize, cap: usize) -> PendingChanges {
+        let shards = shards.max(1).next_power_of_two();
+        PendingChanges {
+            hasher: RandomState::new(),
+            shards: (0..shards).map(|_| Mutex::new(HashSet::new())).collect(),
+            len: AtomicUsize::new(0),
+            cap,
+            overflowed: AtomicBool::new(false),
+            backlog_since: Mutex::new(None),
+            notify: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn shard(&self, device_id: &str) -> &Shard {
+        let h = self.hasher.hash_one(device_id) as usize;
+        &self.shards[h & (self.shards.len() - 1)]
+    }
+
+    fn insert(&self, device_id: &str) {
+        let mut shard = self.shard(device_id).lock().unwrap();
+        if shard.contains(device_id) {
+            return;
+        }
+        if self.len.load(Ordering::Relaxed) >= self.cap {
+            self.overflowed.store(true, Ordering::Relaxed);
+            return;
+        }
+        shard.insert(device_id.into());
+        if self.len.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.backlog_since
+                .lock()
+                .unwrap()
+                .get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Marks a device dirty (called on the cores; never blocks on I/O).
+    pub fn mark(&self, device_id: &str) {
+        self.insert(device_id);
+        self.notify.notify_one();
+    }
+
+    /// Marks devices dirty again after a failed write.
+    pub fn requeue(&self, devices: Vec<Box<str>>) {
+        for d in devices {
+            self.insert(&d);
+        }
+    }
+
+    /// Takes up to `max` dirty devices.
+    pub fn take(&self, max: usize) -> Vec<Box<str>> {
+        let mut out = Vec::with_capacity(max.min(self.len()));
+        for shard in self.shards.iter() {
+            if out.len() >= max {
+                break;
+            }
+            let mut s = shard.lock().unwrap();
+            let n = (max - out.len()).min(s.len());
+            if n == s.len() {
+                out.extend(s.drain());
+            } else {
+                let keys: Vec<Box<str>> = s.iter().take(n).cloned().collect();
+                for k in keys {
+                    s.remove(&k);
+                    out.push(k);
+                }
+            }
+        }
+        let before = self.len.fetch_sub(out.len(), Ordering::Relaxed);
+        let mut since = self.backlog_since.lock().unwrap();
+        if before == out.len() {
+            *since = None;
+        } else if !out.is_empty() {
+            // The older marks were just taken; what is left is at most this old.
+            *since = Some(Instant::now());
+        }
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Seconds since the set became non-empty (0 when empty).
+    pub fn lag_seconds(&self) -> f64 {
+        self.backlog_since
+            .lock()
+            .unwrap()
+            .map_or(0.0, |t| t.elapsed().as_secs_f64())
+    }
+
+    /// True once if marks were dropped at the cap since the last call.
+    pub fn take_overflowed(&self) -> bool {
+        self.overflowed.swap(false, Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_entry_per_device_however_many_changes() {
+        let p = PendingChanges::new(4, 100);
+        for _ in 0..5 {
+            p.mark("d");
+        }
+        p.mark("e");
+        assert_eq!(p.len(), 2);
+        let mut got = p.take(10);
+        got.sort();
+        assert_eq!(got, vec!["d".into(), "e".into()] as Vec<Box<str>>);
+        assert!(p.is_empty());
+        assert_eq!(p.lag_seconds(), 0.0);
+    }
+
+    #[test]
+    fn cap_bounds_memory_and_flags_overflow() {
+        let p = PendingChanges::new(2, 3);
+        for i in 0..10 {
+            p.mark(&format!("d{i}"));
+        }
+        assert_eq!(p.len(), 3);
+        assert!(p.take_overflowed());
+        assert!(!p.take_overflowed());
+        let batch = p.take(2);
+        assert_eq!(batch.len(), 2);
+        assert_eq!(p.len(), 1);
+        p.requeue(batch);
+        assert_eq!(p.len(), 3);
+    }
+}

@@ -1,0 +1,684 @@
+//! Presence in Redis, kept by the control plane with fred.
+//!
+//! - A writer drains the coalesced [`PendingChanges`] in batches; the commands
+//!   of a batch are issued concurrently, which fred pipelines on the
+//!   connection. Failed changes go back to the queue; nothing waits on Redis on
+//!   the io_uring cores, and a Redis outage never touches a session.
+//! - fred reconnects forever with jittered exponential backoff; commands time
+//!   out. After every (re)connect, and whenever this node's lease had lapsed,
+//!   the node reconciles: it re-asserts every session it holds and removes
+//!   entries in its name that it no longer holds, so Redis and memory converge
+//!   without a restart.
+//! - A lease key, refreshed on a timer, says the node is alive. Nodes clean
+//!   the entries of a node whose lease lapsed (kill -9, power loss).
+//! - "Last bind wins": the ONLINE script keeps the entry with the later bind
+//!   time. A node that overwrites another node's entry tells it over sharded
+//!   pub/sub to kick its session; a node whose write loses kicks its own.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use fred::types::{Expiration, SetOptions};
+use futures_util::future::join_all;
+use serde::Serialize;
+
+use super::keys;
+use super::pending::PendingChanges;
+use crate::gateway::{CoreCommand, Location, Node, RateLimitedLog};
+use crate::metrics as m;
+use crate::protocol::CloseReason;
+
+/// Changes written per batch (one pipelined round of commands).
+const BATCH: usize = 1000;
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// redis://host:port or redis-cluster://host:port (any node of the cluster).
+    pub url: String,
+    /// Lease TTL; refreshed every third of it.
+    pub lease_ttl: Duration,
+    /// Timeout of every Redis command.
+    pub command_timeout: Duration,
+}
+
+pub struct RedisPresence {
+    client: Client,
+    subscriber: SubscriberClient,
+    node: Arc<Node>,
+    pending: Arc<PendingChanges>,
+    incarnation: String,
+    settings: RedisSettings,
+    up: AtomicBool,
+    ever_up: AtomicBool,
+    needs_reconcile: AtomicBool,
+    /// The kick channel is subscribed: until then nothing is written, so no
+    /// other node can address a kick to this one that it would miss.
+    subscribed: AtomicBool,
+    /// The node holds its lease: entries written before it would look like a
+    /// dead node's to the others.
+    leased: AtomicBool,
+    log: std::sync::Mutex<RateLimitedLog>,
+}
+
+/// A full reconciliation also runs this often, as a backstop for kicks lost in
+/// a subscriber reconnect (pub/sub is at-most-once).
+const RECONCILE_EVERY: Duration = Duration::from_secs(300);
+
+/// What Redis says about one device.
+#[derive(Debug, Clone, Serialize)]
+pub struct PresenceEntry {
+    pub device_id: String,
+    pub node: String,
+    pub session: String,
+    pub epoch: u64,
+    pub since_ms: u64,
+    /// Whether the holding node's lease is current.
+    pub node_alive: bool,
+    /// This node holds the session.
+    pub local: bool,
+}
+
+/// Differences between this node's memory and Redis.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Consistency {
+    /// Local sessions with no entry in Redis.
+    pub missing: u64,
+    /// Entries in Redis in this node's name for sessions it does not hold.
+    pub stale: u64,
+    /// Local sessions whose entry names another node or session.
+    pub mismatched: u64,
+    pub local_sessions: u64,
+    pub redis_entries: u64,
+    /// Changes still queued for Redis.
+    pub pending: u64,
+    /// Entries compared (all, or the sample).
+    pub checked: u64,
+    pub sampled: bool,
+}
+
+type Fred<T> = Result<T, fred::error::Error>;
+
+impl RedisPresence {
+    /// Starts the client, the subscriber and the background tasks on the
+    /// current (control-plane) runtime. Redis being down is not an error.
+    pub fn start(
+        settings: RedisSettings,
+        node: Arc<Node>,
+        pending: Arc<PendingChanges>,
+    ) -> Result<Arc<Self>, String> {
+        let config = Config::from_url(&settings.url)
+            .map_err(|e| format!("invalid --redis URL {}: {e}", settings.url))?;
+        let mut policy = ReconnectPolicy::new_exponential(0, 100, 5_000, 2);
+        policy.set_jitter(200);
+        let timeout = settings.command_timeout;
+        let mut builder = Builder::from_config(config);
+        builder
+            .with_config(|c| c.fail_fast = false)
+            .with_connection_config(|c| {
+                c.connection_timeout = timeout;
+                c.internal_command_timeout = timeout;
+                c.max_command_attempts = 2;
+                // Bounded: our own queue holds the backlog, not fred's.
+                c.max_command_buffer_len = 50_000;
+            })
+            .with_performance_config(|p| p.default_command_timeout = timeout)
+            .set_policy(policy);
+        let client = builder.build().map_err(|e| e.to_string())?;
+        let subscriber = builder
+            .build_subscriber_client()
+            .map_err(|e| e.to_string())?;
+        let this = Arc::new(RedisPresence {
+            client,
+            subscriber,
+            incarnation: node.incarnation.clone(),
+            node,
+            pending,
+            settings,
+            up: AtomicBool::new(false),
+            ever_up: AtomicBool::new(false),
+            needs_reconcile: AtomicBool::new(true),
+            subscribed: AtomicBool::new(false),
+            leased: AtomicBool::new(false),
+            log: std::sync::Mutex::new(RateLimitedLog::new(Duration::from_secs(10))),
+        });
+        this.client.connect();
+        this.subscriber.connect();
+        drop(this.subscriber.manage_subscriptions());
+        {
+            let t = this.clone();
+            drop(this.client.on_reconnect(move |server| {
+                let t = t.clone();
+                async move {
+                    metrics::counter!(m::REDIS_RECONNECTS).increment(1);
+                    tracing::info!(%server, "connected to Redis; reconciling presence");
+                    t.needs_reconcile.store(true, Ordering::Relaxed);
+                    t.pending.notify.notify_one();
+                    Ok(())
+                }
+            }));
+        }
+        tokio::spawn(this.clone().writer());
+        tokio::spawn(this.clone().lease_loop());
+        tokio::spawn(this.clone().cleanup_loop());
+        tokio::spawn(this.clone().kick_listener());
+        Ok(this)
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    fn me(&self) -> &str {
+        &self.node.node_id
+    }
+
+    fn tag(&self, session_id: u64) -> String {
+        keys::session_tag(&self.incarnation, session_id)
+    }
+
+    fn warn(&self, what: &str, e: &dyn std::fmt::Display) {
+        self.log
+            .lock()
+            .unwrap()
+            .warn(|suppressed| tracing::warn!(error = %e, suppressed, "{what}"));
+    }
+
+    /// Health details for /healthz.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "mode": "redis",
+            "redis": if self.is_up() { "up" } else { "down" },
+            "pending": self.pending.len(),
+            "lag_seconds": self.pending.lag_seconds(),
+        })
+    }
+
+    // ----- writing ---------------------------------------------------------
+
+    async fn writer(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.pending.notify.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+            metrics::gauge!(m::PRESENCE_QUEUE).set(self.pending.len() as f64);
+            metrics::gauge!(m::PRESENCE_LAG).set(self.pending.lag_seconds());
+            let connected = self.client.is_connected();
+            if connected != self.up.swap(connected, Ordering::Relaxed) {
+                metrics::gauge!(m::REDIS_UP).set(if connected { 1.0 } else { 0.0 });
+                if connected {
+                    self.ever_up.store(true, Ordering::Relaxed);
+                } else {
+                    tracing::warn!("Redis is unreachable; sessions are unaffected, presence changes queue until it is back");
+                }
+            }
+            if !connected
+                || !self.subscribed.load(Ordering::Relaxed)
+                || !self.leased.load(Ordering::Relaxed)
+            {
+                continue;
+            }
+            if self.pending.take_overflowed() {
+                self.needs_reconcile.store(true, Ordering::Relaxed);
+            }
+            if self.needs_reconcile.swap(false, Ordering::Relaxed) {
+                if let Err(e) = self.reconcile().await {
+                    self.needs_reconcile.store(true, Ordering::Relaxed);
+                    self.warn("presence reconciliation failed; will retry", &e);
+                    continue;
+                }
+            }
+            loop {
+                let batch = self.pending.take(BATCH);
+                if batch.is_empty() {
+                    break;
+                }
+                if let Err(e) = self.write_batch(batch).await {
+                    self.warn("presence write failed; changes requeued", &e);
+                    break;
+                }
+            }
+            metrics::gauge!(m::PRESENCE_QUEUE).set(self.pending.len() as f64);
+            metrics::gauge!(m::PRESENCE_LAG).set(self.pending.lag_seconds());
+        }
+    }
+
+    /// Writes, for each device, what the device index says now: online with
+    /// the live session, or no entry in this node's name.
+    async fn write_batch(&self, batch: Vec<Box<str>>) -> Fred<()> {
+        metrics::histogram!(m::PRESENCE_BATCH).record(batch.len() as f64);
+        let started = Instant::now();
+        let me = self.me().to_owned();
+        let held: Vec<Option<Location>> = batch.iter().map(|d| self.node.registry.get(d)).collect();
+        let results = join_all(batch.iter().zip(&held).map(|(device, loc)| {
+            let key = keys::device(device);
+            let me = me.clone();
+            async move {
+                match loc {
+                    Some(loc) => {
+                        let args = vec![me, self.tag(loc.session_id), loc.since_ms.to_string()];
+                        let (won, prev_node, prev_sid): (i64, String, String) =
+                            self.client.eval(keys::ONLINE, key, args).await?;
+                        Ok(Some((won == 1, prev_node, prev_sid)))
+                    }
+                    None => {
+                        let _: i64 = self.client.eval(keys::PURGE, key, vec![me]).await?;
+                        Ok::<_, fred::error::Error>(None)
+                    }
+                }
+            }
+        }))
+        .await;
+        let mut failed = Vec::new();
+        let mut first_err = None;
+        let (mut add, mut remove, mut kicks) = (Vec::new(), Vec::new(), Vec::new());
+        for ((device, loc), result) in batch.into_iter().zip(held).zip(results) {
+            match result {
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                    failed.push(device);
+                }
+                Ok(Some((true, prev_node, prev_sid))) => {
+                    if !prev_node.is_empty() && prev_node != me {
+                        kicks.push((prev_node, format!("{device}\n{prev_sid}")));
+                    }
+                    add.push(device.to_string());
+                }
+                Ok(Some((false, _, _))) => {
+                    // A later bind on another node holds the device.
+                    if let Some(loc) = loc {
+                        self.kick_local(&device, loc.session_id);
+                    }
+                    remove.push(device.to_string());
+                }
+                Ok(None) => remove.push(device.to_string()),
+            }
+        }
+        let ok = (add.len() + remove.len()) as u64;
+        metrics::counter!(m::PRESENCE_WRITES, "result" => "ok").increment(ok);
+        let set_key = keys::node_devices(&me);
+        let sadd = async {
+            if add.is_empty() {
+                return Ok(0);
+            }
+            self.client.sadd::<i64, _, _>(&set_key, add).await
+        };
+        let srem = async {
+            if remove.is_empty() {
+                return Ok(0);
+            }
+            self.client.srem::<i64, _, _>(&set_key, remove).await
+        };
+        let (a, r) = futures_util::join!(sadd, srem);
+        if a.is_err() || r.is_err() {
+            // The device entries are right; the set is repaired by reconciliation.
+            self.needs_reconcile.store(true, Ordering::Relaxed);
+        }
+        for (node, msg) in kicks {
+            metrics::counter!(m::REMOTE_KICKS, "direction" => "sent").increment(1);
+            if let Err(e) = self
+                .client
+                .spublish::<i64, _, _>(keys::kick_channel(&node), msg)
+                .await
+            {
+                self.warn("cannot publish a kick to another node", &e);
+            }
+        }
+        metrics::histogram!(m::PRESENCE_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+        if let Some(e) = first_err {
+            metrics::counter!(m::PRESENCE_WRITES, "result" => "error")
+                .increment(failed.len() as u64);
+            self.pending.requeue(failed);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Kicks this node's session for `device` if it is still `session_id`.
+    fn kick_local(&self, device: &str, session_id: u64) {
+        if let Some(loc) = self
+            .node
+            .registry
+            .get(device)
+            .filter(|l| l.session_id == session_id)
+        {
+            let _ = self.node.cores[loc.core as usize].send(CoreCommand::Kick {
+                slot: loc.slot,
+                session_id,
+                reason: CloseReason::Replaced,
+            });
+        }
+    }
+
+    // ----- kicks from other nodes -------------------------------------------
+
+    async fn kick_listener(self: Arc<Self>) {
+        let channel = keys::kick_channel(self.me());
+        let mut rx = self.subscriber.message_rx();
+        // Subscribe once Redis is reachable; the subscriber re-subscribes by
+        // itself after later reconnects.
+        let mut wait = Duration::from_millis(100);
+        while let Err(e) = self.subscriber.ssubscribe(channel.clone()).await {
+            tracing::debug!(error = %e, "kick channel subscription pending");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+        self.subscribed.store(true, Ordering::Relaxed);
+        self.pending.notify.notify_one();
+        while let Ok(msg) = rx.recv().await {
+            let Some(text) = msg.value.as_string() else {
+                continue;
+            };
+            let Some((device, sid)) = text.split_once('\n') else {
+                continue;
+            };
+            metrics::counter!(m::REMOTE_KICKS, "direction" => "received").increment(1);
+            if let Some(loc) = self.node.registry.get(device) {
+                if self.tag(loc.session_id) == sid {
+                    let _ = self.node.cores[loc.core as usize].send(CoreCommand::Kick {
+                        slot: loc.slot,
+                        session_id: loc.session_id,
+                        reason: CloseReason::Replaced,
+                    });
+                }
+            }
+        }
+    }
+
+    // ----- lease and dead nodes --------------------------------------------
+
+    /// Refreshes the lease every third of its TTL. Kept apart from the cleanup
+    /// below so that a long cleanup never delays the refresh.
+    async fn lease_loop(self: Arc<Self>) {
+        let every = self.settings.lease_ttl / 3;
+        loop {
+            let refreshed = if self.client.is_connected() {
+                match self.refresh_lease().await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        self.warn("cannot refresh the node lease", &e);
+                        false
+                    }
+                }
+            } else {
+                false
+            };
+            // Until it succeeds (start-up, outages), retry soon: a node without
+            // a lease looks dead to the others.
+            tokio::time::sleep(if refreshed {
+                every
+            } else {
+                Duration::from_millis(100)
+            })
+            .await;
+        }
+    }
+
+    async fn cleanup_loop(self: Arc<Self>) {
+        let every = self.settings.lease_ttl / 2;
+        let mut last_reconcile = Instant::now();
+        loop {
+            tokio::time::sleep(every).await;
+            if last_reconcile.elapsed() >= RECONCILE_EVERY {
+                last_reconcile = Instant::now();
+                self.needs_reconcile.store(true, Ordering::Relaxed);
+                self.pending.notify.notify_one();
+            }
+            if self.client.is_connected() {
+                if let Err(e) = self.clean_dead_nodes().await {
+                    self.warn("cannot clean up after dead nodes", &e);
+                }
+            }
+        }
+    }
+
+    async fn refresh_lease(&self) -> Fred<()> {
+        let ttl = self.settings.lease_ttl.as_millis() as i64;
+        let previous: Option<String> = self
+            .client
+            .set(
+                keys::lease(self.me()),
+                self.incarnation.as_str(),
+                Some(Expiration::PX(ttl)),
+                None,
+                true,
+            )
+            .await?;
+        if previous.as_deref() != Some(self.incarnation.as_str()) {
+            // First lease of this process, or it lapsed (a long pause, an
+            // outage): other nodes may have purged our entries.
+            if previous.is_some() || self.ever_up.load(Ordering::Relaxed) {
+                tracing::info!(
+                    "node lease was missing or another incarnation's; reconciling presence"
+                );
+            }
+            self.needs_reconcile.store(true, Ordering::Relaxed);
+            self.pending.notify.notify_one();
+        }
+        let _: i64 = self.client.sadd(keys::NODES, self.me()).await?;
+        if !self.leased.swap(true, Ordering::Relaxed) {
+            self.pending.notify.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn clean_dead_nodes(&self) -> Fred<()> {
+        let nodes: Vec<String> = self.client.smembers(keys::NODES).await?;
+        for node in nodes.into_iter().filter(|n| n != self.me()) {
+            let alive: i64 = self.client.exists(keys::lease(&node)).await?;
+            if alive > 0 {
+                continue;
+            }
+            let claim_ttl = (self.settings.lease_ttl * 2).as_millis() as i64;
+            let claimed: Option<String> = self
+                .client
+                .set(
+                    keys::cleanup_claim(&node),
+                    self.me(),
+                    Some(Expiration::PX(claim_ttl)),
+                    Some(SetOptions::NX),
+                    false,
+                )
+                .await?;
+            if claimed.is_none() {
+                continue; // another node is cleaning it
+            }
+            let devices: Vec<String> = self.client.smembers(keys::node_devices(&node)).await?;
+            let mut purged = 0u64;
+            for chunk in devices.chunks(BATCH) {
+                let results = join_all(chunk.iter().map(|d| {
+                    self.client.eval::<i64, _, _, _>(
+                        keys::PURGE,
+                        keys::device(d),
+                        vec![node.clone()],
+                    )
+                }))
+                .await;
+                for r in results {
+                    purged += r? as u64;
+                }
+            }
+            let _: i64 = self.client.del(keys::node_devices(&node)).await?;
+            let _: i64 = self.client.srem(keys::NODES, node.as_str()).await?;
+            metrics::counter!(m::NODE_CLEANUPS).increment(1);
+            metrics::counter!(m::CLEANED_ENTRIES).increment(purged);
+            tracing::info!(dead_node = %node, purged, "removed the presence of a node whose lease lapsed");
+        }
+        Ok(())
+    }
+
+    // ----- reconciliation and consistency ------------------------------------
+
+    /// Local sessions, compared with Redis: (missing, mismatched) device lists.
+    async fn compare_local(
+        &self,
+        local: &[(Box<str>, Location)],
+    ) -> Fred<(Vec<usize>, Vec<usize>)> {
+        let (mut missing, mut mismatched) = (Vec::new(), Vec::new());
+        for (base, chunk) in local.chunks(BATCH).enumerate() {
+            let reads = join_all(chunk.iter().map(|(d, _)| {
+                self.client.hmget::<(Option<String>, Option<String>), _, _>(
+                    keys::device(d),
+                    vec!["node", "sid"],
+                )
+            }))
+            .await;
+            for (i, ((_, loc), r)) in chunk.iter().zip(reads).enumerate() {
+                let idx = base * BATCH + i;
+                match r? {
+                    (None, _) => missing.push(idx),
+                    (Some(node), sid)
+                        if node != self.me()
+                            || sid.as_deref() != Some(self.tag(loc.session_id).as_str()) =>
+                    {
+                        mismatched.push(idx)
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok((missing, mismatched))
+    }
+
+    /// Entries in this node's name (per its device set) it does not hold:
+    /// (device, session tag) pairs, plus the set's size.
+    async fn find_stale(
+        &self,
+        local: &HashSet<&str>,
+        sample: Option<usize>,
+    ) -> Fred<(Vec<(String, Option<String>)>, u64, u64)> {
+        let mut members: Vec<String> = self.client.smembers(keys::node_devices(self.me())).await?;
+        let total = members.len() as u64;
+        if let Some(n) = sample {
+            fastrand::shuffle(&mut members);
+            members.truncate(n);
+        }
+        let checked = members.len() as u64;
+        let candidates: Vec<String> = members
+            .into_iter()
+            .filter(|d| !local.contains(d.as_str()))
+            .collect();
+        let mut stale = Vec::new();
+        for chunk in candidates.chunks(BATCH) {
+            let reads = join_all(chunk.iter().map(|d| {
+                self.client.hmget::<(Option<String>, Option<String>), _, _>(
+                    keys::device(d),
+                    vec!["node", "sid"],
+                )
+            }))
+            .await;
+            for (d, r) in chunk.iter().zip(reads) {
+                let (node, sid) = r?;
+                // In the set but held by nobody or another node: only the
+                // set member is stale. Held in our name: the entry is stale.
+                let ours = node.as_deref() == Some(self.me());
+                stale.push((d.clone(), if ours { sid } else { None }));
+            }
+        }
+        Ok((stale, total, checked))
+    }
+
+    /// Makes Redis match this node's memory: marks every local session whose
+    /// entry is missing or wrong, and every entry in this node's name it does
+    /// not hold, for the writer (which writes the index's truth); repairs the
+    /// node's device set.
+    pub async fn reconcile(&self) -> Fred<()> {
+        let started = Instant::now();
+        let local = self.node.registry.snapshot();
+        let (missing, mismatched) = self.compare_local(&local).await?;
+        for &i in missing.iter().chain(&mismatched) {
+            self.pending.mark(&local[i].0);
+        }
+        let set_key = keys::node_devices(self.me());
+        for chunk in local.chunks(BATCH) {
+            let members: Vec<String> = chunk.iter().map(|(d, _)| d.to_string()).collect();
+            let _: i64 = self.client.sadd(&set_key, members).await?;
+        }
+        // Stale: compare with the index as it is now, not the snapshot above.
+        let now = self.node.registry.snapshot();
+        let names: HashSet<&str> = now.iter().map(|(d, _)| &**d).collect();
+        let (stale, _, _) = self.find_stale(&names, None).await?;
+        let mut stale_entries = 0u64;
+        for (d, sid) in &stale {
+            stale_entries += sid.is_some() as u64;
+            self.pending.mark(d);
+        }
+        metrics::counter!(m::RECONCILIATIONS).increment(1);
+        metrics::counter!(m::RECONCILE_FIXES, "kind" => "missing").increment(missing.len() as u64);
+        metrics::counter!(m::RECONCILE_FIXES, "kind" => "mismatched")
+            .increment(mismatched.len() as u64);
+        metrics::counter!(m::RECONCILE_FIXES, "kind" => "stale").increment(stale_entries);
+        tracing::info!(
+            sessions = local.len(),
+            missing = missing.len(),
+            mismatched = mismatched.len(),
+            stale = stale_entries,
+            took_ms = started.elapsed().as_millis() as u64,
+            "presence reconciled with Redis"
+        );
+        Ok(())
+    }
+
+    /// Compares memory with Redis without changing anything. Full by default
+    /// (one HMGET per local session and per set member, pipelined in batches
+    /// of 1000, plus one SMEMBERS); `sample` limits both sides to that many.
+    pub async fn consistency(&self, sample: Option<usize>) -> Fred<Consistency> {
+        let mut local = self.node.registry.snapshot();
+        let local_sessions = local.len() as u64;
+        if let Some(n) = sample {
+            fastrand::shuffle(&mut local);
+            local.truncate(n);
+        }
+        let (missing, mismatched) = self.compare_local(&local).await?;
+        let all: Vec<(Box<str>, Location)>;
+        let names: HashSet<&str> = if sample.is_some() {
+            // Stale means "not held here at all": check against every session.
+            all = self.node.registry.snapshot();
+            all.iter().map(|(d, _)| &**d).collect()
+        } else {
+            local.iter().map(|(d, _)| &**d).collect()
+        };
+        let (stale, redis_entries, checked_set) = self.find_stale(&names, sample).await?;
+        Ok(Consistency {
+            missing: missing.len() as u64,
+            stale: stale.iter().filter(|(_, sid)| sid.is_some()).count() as u64,
+            mismatched: mismatched.len() as u64,
+            local_sessions,
+            redis_entries,
+            pending: self.pending.len() as u64,
+            checked: local.len() as u64 + checked_set,
+            sampled: sample.is_some(),
+        })
+    }
+
+    /// What Redis says about one device.
+    pub async fn lookup(&self, device: &str) -> Fred<Option<PresenceEntry>> {
+        let (node, sid, epoch, since): (Option<String>, Option<String>, Option<u64>, Option<u64>) =
+            self.client
+                .hmget(keys::device(device), vec!["node", "sid", "epoch", "since"])
+                .await?;
+        let (Some(node), Some(session)) = (node, sid) else {
+            return Ok(None);
+        };
+        let alive: i64 = self.client.exists(keys::lease(&node)).await?;
+        let local = node == self.me()
+            && self
+                .node
+                .registry
+                .get(device)
+                .is_some_and(|l| self.tag(l.session_id) == session);
+        Ok(Some(PresenceEntry {
+            device_id: device.to_owned(),
+            node,
+            session,
+            epoch: epoch.unwrap_or(0),
+            since_ms: since.unwrap_or(0),
+            node_alive: alive > 0,
+            local,
+        }))
+    }
+}

@@ -1,0 +1,275 @@
+//! Presence in Redis: outages (kill, SIGSTOP, absent at start), dead nodes,
+//! cross-node duplicate binds, and churn, against real redis-server processes
+//! that each test starts on its own port.
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis::Redis;
+use common::*;
+use miop::client::fleet::{bind_fleet, FleetSpec};
+use miop::client::Client;
+use miop::protocol::{CloseReason, Credential};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+fn node(redis: &Redis, id: &str, extra: &[&str]) -> Miopd {
+    let url = redis.url();
+    let mut args = vec![
+        "--cores",
+        "2",
+        "--redis",
+        &url,
+        "--node-id",
+        id,
+        "--presence-lease",
+        "3s",
+    ];
+    args.extend_from_slice(extra);
+    Miopd::start(&args)
+}
+
+fn consistency(gw: &Miopd) -> Option<Value> {
+    let (status, body) = gw.get("/v1/consistency");
+    (status == 200).then(|| serde_json::from_str(&body).unwrap())
+}
+
+/// Waits until this node's memory and Redis agree exactly and nothing is queued.
+fn converged(gw: &Miopd, sessions: u64) {
+    wait_until(
+        CONVERGE,
+        &format!("Redis equal to memory with {sessions} sessions"),
+        || {
+            consistency(gw).is_some_and(|c| {
+                c["missing"] == 0
+                    && c["stale"] == 0
+                    && c["mismatched"] == 0
+                    && c["pending"] == 0
+                    && c["local_sessions"] == sessions
+                    && c["redis_entries"] == sessions
+            })
+        },
+    );
+}
+
+async fn fleet(gw: &Miopd, prefix: &str, first: u64, count: usize) -> Vec<Client> {
+    let spec = FleetSpec {
+        target: gw.listen,
+        sources: FleetSpec::loopback_sources(2),
+        prefix: prefix.into(),
+        first,
+        count,
+        app_key: KEY.into(),
+        concurrency: 256,
+    };
+    bind_fleet(&spec)
+        .await
+        .unwrap_or_else(|(d, e)| panic!("{d}: {e}"))
+}
+
+/// Every client is still bound: no Close, and a ping is answered.
+async fn all_alive(clients: &mut [Client]) {
+    for c in clients.iter_mut() {
+        tokio::time::timeout(Duration::from_secs(10), c.ping())
+            .await
+            .expect("ping timed out")
+            .expect("session was dropped during the outage");
+    }
+}
+
+async fn outage_keeps_sessions_and_converges(pause: bool) {
+    let mut redis = Redis::start();
+    let gw = node(&redis, "A", &[]);
+    let mut clients = fleet(&gw, "out", 0, 2000).await;
+    converged(&gw, 2000);
+    assert_eq!(redis.device_entries(), 2000);
+
+    if pause {
+        redis.signal(Signal::SIGSTOP);
+    } else {
+        redis.kill();
+    }
+    // During the outage: 500 more devices bind, 100 leave, all others stay.
+    clients.extend(fleet(&gw, "out", 2000, 500).await);
+    let leaving: Vec<Client> = clients.drain(..100).collect();
+    drop(leaving);
+    wait_until(CONVERGE, "presence degrades while Redis is away", || {
+        gw.metric("miop_redis_up") == Some(0.0)
+            || gw.metric("miop_presence_queue_depth").unwrap_or(0.0) > 0.0
+    });
+    let (_, health) = gw.get("/healthz");
+    assert!(health.contains("\"status\":\"ok\""), "{health}");
+    all_alive(&mut clients).await;
+
+    if pause {
+        redis.signal(Signal::SIGCONT);
+    } else {
+        redis.restart();
+    }
+    converged(&gw, 2400);
+    assert_eq!(redis.device_entries(), 2400);
+    all_alive(&mut clients).await;
+    assert_eq!(gw.metric("miop_sessions"), Some(2400.0));
+    assert_eq!(
+        gw.metric("miop_connections_closed_total{reason=\"server_shutdown\"}"),
+        None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_loses_no_session_and_converges() {
+    outage_keeps_sessions_and_converges(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_paused_with_sigstop_loses_no_session_and_converges() {
+    outage_keeps_sessions_and_converges(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_absent_at_start_is_not_fatal() {
+    let mut redis = Redis::absent();
+    let gw = node(&redis, "A", &[]);
+    let mut clients = fleet(&gw, "early", 0, 50).await;
+    let (status, health) = gw.get("/healthz");
+    assert_eq!(status, 200);
+    let h: Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(h["presence"]["mode"], "redis");
+    assert_eq!(h["presence"]["redis"], "down");
+    assert_eq!(gw.metric("miop_redis_up"), Some(0.0));
+    assert_eq!(gw.get("/v1/consistency").0, 503);
+    assert!(
+        gw.log_text().contains("Redis"),
+        "the log says presence is degraded"
+    );
+    redis.restart();
+    converged(&gw, 50);
+    assert_eq!(gw.metric("miop_redis_up"), Some(1.0));
+    all_alive(&mut clients).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_entries_are_cleaned_when_its_lease_lapses() {
+    let redis = Redis::start();
+    let a = node(&redis, "A", &[]);
+    let b = node(&redis, "B", &[]);
+    let _on_a = fleet(&a, "dead", 0, 300).await;
+    converged(&a, 300);
+    let (status, body) = b.get("/v1/presence/dead-7");
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["node"].as_str(), v["node_alive"].as_bool()),
+        (Some("A"), Some(true))
+    );
+
+    a.signal(Signal::SIGKILL);
+    wait_until(
+        CONVERGE,
+        "node A's entries removed after its lease lapsed",
+        || redis.device_entries() == 0,
+    );
+    assert_eq!(b.get("/v1/presence/dead-7").0, 404);
+    assert_eq!(
+        b.metric("miop_presence_dead_node_cleanups_total"),
+        Some(1.0)
+    );
+    assert_eq!(b.metric("miop_presence_cleaned_entries_total"), Some(300.0));
+    assert!(!redis.cli(&["SMEMBERS", "miop:nodes"]).contains('A'));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind_on_another_node_kicks_the_old_session() {
+    let redis = Redis::start();
+    let a = node(&redis, "A", &[]);
+    let b = node(&redis, "B", &[]);
+    let mut on_a = a.bound("roamer").await;
+    converged(&a, 1);
+    let mut on_b = b.bound("roamer").await;
+    let frames = frames_until_eof(&mut on_a, Duration::from_secs(10)).await;
+    let reasons: Vec<_> = frames
+        .iter()
+        .filter_map(|f| match f {
+            miop::protocol::Body::Close(c) => c.reason(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons, vec![CloseReason::Replaced]);
+    on_b.ping().await.unwrap();
+    wait_until(CONVERGE, "A forgot the session", || {
+        a.get("/v1/sessions/roamer").0 == 404
+    });
+    for gw in [&a, &b] {
+        let (_, body) = gw.get("/v1/presence/roamer");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["node"], "B", "{body}");
+    }
+    converged(&a, 0);
+    converged(&b, 1);
+    assert_eq!(
+        b.metric("miop_presence_remote_kicks_total{direction=\"sent\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        a.metric("miop_presence_remote_kicks_total{direction=\"received\"}"),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_binds_on_two_nodes_leave_one_holder_everywhere() {
+    let redis = Redis::start();
+    let a = node(&redis, "A", &[]);
+    let b = node(&redis, "B", &[]);
+    let mut keep = Vec::new();
+    for round in 0..10 {
+        let device = format!("race-{round}");
+        let (mut ca, mut cb) = (a.client().await, b.client().await);
+        let (ra, rb) = tokio::join!(
+            ca.bind(&device, Credential::AppKey(KEY.into()), vec![]),
+            cb.bind(&device, Credential::AppKey(KEY.into()), vec![])
+        );
+        ra.unwrap();
+        rb.unwrap();
+        // Exactly one of the two survives, and Redis names its node.
+        wait_until(CONVERGE, "one holder", || {
+            let on_a = a.get(&format!("/v1/sessions/{device}")).0 == 200;
+            let on_b = b.get(&format!("/v1/sessions/{device}")).0 == 200;
+            on_a != on_b
+        });
+        let holder = if a.get(&format!("/v1/sessions/{device}")).0 == 200 {
+            "A"
+        } else {
+            "B"
+        };
+        let (_, body) = a.get(&format!("/v1/presence/{device}"));
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["node"], holder, "round {round}: {body}");
+        keep.push((ca, cb));
+    }
+    let on_a = a.metric("miop_sessions").unwrap() as u64;
+    let on_b = b.metric("miop_sessions").unwrap() as u64;
+    assert_eq!(on_a + on_b, 10);
+    converged(&a, on_a);
+    converged(&b, on_b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_of_thousands_of_sessions_ends_with_redis_equal_to_memory() {
+    let redis = Redis::start();
+    let gw = node(&redis, "A", &[]);
+    let mut clients = fleet(&gw, "churn", 0, 3000).await;
+    for round in 0..5u64 {
+        // A third go offline, and as many come (back) online, some of them
+        // devices that were bound a moment ago.
+        let leaving: Vec<Client> = clients.drain(..1000).collect();
+        drop(leaving);
+        clients.extend(fleet(&gw, "churn", round * 1000, 1000).await);
+    }
+    let n = gw.metric("miop_sessions").unwrap() as u64;
+    converged(&gw, n);
+    assert_eq!(redis.device_entries() as u64, n);
+}
