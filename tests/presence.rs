@@ -273,3 +273,38 @@ async fn churn_of_thousands_of_sessions_ends_with_redis_equal_to_memory() {
     converged(&gw, n);
     assert_eq!(redis.device_entries() as u64, n);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_node_kicks_still_work_after_a_redis_restart() {
+    let mut redis = Redis::start();
+    let a = node(&redis, "A", &[]);
+    let b = node(&redis, "B", &[]);
+    let mut on_a = a.bound("phoenix").await;
+    converged(&a, 1);
+    let before = a
+        .metric("miop_presence_reconciliations_total")
+        .unwrap_or(0.0);
+    redis.restart();
+    converged(&a, 1);
+    // Let A's post-restart reconciliations (reconnect, lapsed lease) finish,
+    // so that only a pub/sub kick can tell A in time; the periodic
+    // reconciliation is minutes away.
+    wait_until(CONVERGE, "A reconciled after the restart", || {
+        a.metric("miop_presence_reconciliations_total")
+            .unwrap_or(0.0)
+            >= before + 2.0
+    });
+    wait_until(CONVERGE, "lease back", || {
+        redis.cli(&["EXISTS", "miop:node:{A}:lease"]).trim() == "1"
+    });
+    // A's kick subscription must be back: a bind on B kicks A's session
+    // promptly, not only at the next periodic reconciliation.
+    let mut on_b = b.bound("phoenix").await;
+    let frames = frames_until_eof(&mut on_a, Duration::from_secs(20)).await;
+    assert!(
+        frames.iter().any(|f| matches!(f, miop::protocol::Body::Close(c) if c.reason() == Some(CloseReason::Replaced))),
+        "{frames:?}"
+    );
+    on_b.ping().await.unwrap();
+    converged(&b, 1);
+}

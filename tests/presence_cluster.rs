@@ -37,7 +37,11 @@ fn cluster_port() -> u16 {
 }
 
 fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().unwrap();
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -48,7 +52,16 @@ fn start_cluster() -> Cluster {
     for _ in 0..3 {
         let port = cluster_port();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
             .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
             .current_dir(&dir)
@@ -60,9 +73,15 @@ fn start_cluster() -> Cluster {
     }
     let cluster = Cluster { nodes, dir };
     for (port, _) in &cluster.nodes {
-        wait_until(Duration::from_secs(10), "cluster node up", || cli(*port, &["PING"]).trim() == "PONG");
+        wait_until(Duration::from_secs(10), "cluster node up", || {
+            cli(*port, &["PING"]).trim() == "PONG"
+        });
     }
-    let addrs: Vec<String> = cluster.nodes.iter().map(|(p, _)| format!("127.0.0.1:{p}")).collect();
+    let addrs: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|(p, _)| format!("127.0.0.1:{p}"))
+        .collect();
     let out = Command::new("redis-cli")
         .arg("--cluster")
         .arg("create")
@@ -70,9 +89,15 @@ fn start_cluster() -> Cluster {
         .args(["--cluster-replicas", "0", "--cluster-yes"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "cluster create: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "cluster create: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     for (port, _) in &cluster.nodes {
-        wait_until(Duration::from_secs(20), "cluster_state:ok", || cli(*port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"));
+        wait_until(Duration::from_secs(20), "cluster_state:ok", || {
+            cli(*port, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+        });
     }
     cluster
 }
@@ -83,14 +108,30 @@ fn consistent(gw: &Miopd, n: u64) -> bool {
         return false;
     }
     let c: Value = serde_json::from_str(&body).unwrap();
-    c["missing"] == 0 && c["stale"] == 0 && c["mismatched"] == 0 && c["pending"] == 0 && c["local_sessions"] == n && c["redis_entries"] == n
+    c["missing"] == 0
+        && c["stale"] == 0
+        && c["mismatched"] == 0
+        && c["pending"] == 0
+        && c["local_sessions"] == n
+        && c["redis_entries"] == n
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_works_on_a_three_master_cluster() {
     let cluster = start_cluster();
     let url = format!("redis-cluster://127.0.0.1:{}", cluster.nodes[0].0);
-    let node = |id: &str| Miopd::start(&["--cores", "2", "--redis", &url, "--node-id", id, "--presence-lease", "3s"]);
+    let node = |id: &str| {
+        Miopd::start(&[
+            "--cores",
+            "2",
+            "--redis",
+            &url,
+            "--node-id",
+            id,
+            "--presence-lease",
+            "3s",
+        ])
+    };
     let a = node("A");
     let b = node("B");
     let spec = FleetSpec {
@@ -102,13 +143,24 @@ async fn presence_works_on_a_three_master_cluster() {
         app_key: KEY.into(),
         concurrency: 128,
     };
-    let _clients = bind_fleet(&spec).await.unwrap_or_else(|(d, e)| panic!("{d}: {e}"));
-    wait_until(Duration::from_secs(60), "A consistent with the cluster", || consistent(&a, 600));
+    let _clients = bind_fleet(&spec)
+        .await
+        .unwrap_or_else(|(d, e)| panic!("{d}: {e}"));
+    wait_until(
+        Duration::from_secs(60),
+        "A consistent with the cluster",
+        || consistent(&a, 600),
+    );
     // Device entries are spread over every master's slots.
     let per_master: Vec<usize> = cluster
         .nodes
         .iter()
-        .map(|(p, _)| cli(*p, &["--scan", "--pattern", "miop:dev:*"]).lines().filter(|l| !l.is_empty()).count())
+        .map(|(p, _)| {
+            cli(*p, &["--scan", "--pattern", "miop:dev:*"])
+                .lines()
+                .filter(|l| !l.is_empty())
+                .count()
+        })
         .collect();
     assert_eq!(per_master.iter().sum::<usize>(), 600, "{per_master:?}");
     assert!(per_master.iter().all(|n| *n > 0), "{per_master:?}");
@@ -118,9 +170,13 @@ async fn presence_works_on_a_three_master_cluster() {
 
     // A cross-node duplicate bind on the cluster kicks the session on A.
     let mut moved = b.bound("cl-42").await;
-    wait_until(Duration::from_secs(30), "A kicked cl-42", || a.get("/v1/sessions/cl-42").0 == 404);
+    wait_until(Duration::from_secs(30), "A kicked cl-42", || {
+        a.get("/v1/sessions/cl-42").0 == 404
+    });
     moved.ping().await.unwrap();
-    wait_until(Duration::from_secs(60), "both nodes consistent", || consistent(&a, 599) && consistent(&b, 1));
+    wait_until(Duration::from_secs(60), "both nodes consistent", || {
+        consistent(&a, 599) && consistent(&b, 1)
+    });
     let (_, body) = a.get("/v1/presence/cl-42");
     assert!(body.contains("\"node\":\"B\""), "{body}");
 }

@@ -35,13 +35,14 @@ pub fn session_tag(incarnation: &str, session_id: u64) -> String {
     format!("{incarnation}-{session_id:x}")
 }
 
-/// Marks the device online on this node unless a later bind (by bind time)
-/// already holds it. Returns `{won, previous node, previous session}`.
+/// Marks the device online on this node unless a later bind (by bind time) on
+/// another node holds it; this node's own entry is always replaced (its device
+/// index is the truth for its sessions, whatever its clock did). Returns
+/// `{won, previous node, previous session}`.
 /// KEYS[1] = device key; ARGV = node, session tag, since (unix ms).
 pub const ONLINE: &str = r#"
 local cur = redis.call('HMGET', KEYS[1], 'node', 'sid', 'since')
-if cur[1] and cur[3] and tonumber(cur[3]) > tonumber(ARGV[3])
-   and not (cur[1] == ARGV[1] and cur[2] == ARGV[2]) then
+if cur[1] and cur[1] ~= ARGV[1] and cur[3] and tonumber(cur[3]) > tonumber(ARGV[3]) then
   return {0, cur[1], cur[2]}
 end
 redis.call('HINCRBY', KEYS[1], 'epoch', 1)

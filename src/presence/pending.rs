@@ -99,11 +99,10 @@ impl PendingChanges {
         }
         let before = self.len.fetch_sub(out.len(), Ordering::Relaxed);
         let mut since = self.backlog_since.lock().unwrap();
+        // While a backlog remains, keep the time it began: an upper bound on
+        // the age of the oldest unwritten change.
         if before == out.len() {
             *since = None;
-        } else if !out.is_empty() {
-            // The older marks were just taken; what is left is at most this old.
-            *since = Some(Instant::now());
         }
         out
     }

@@ -124,8 +124,17 @@ impl RedisPresence {
                 c.max_command_attempts = 2;
                 // Bounded: our own queue holds the backlog, not fred's.
                 c.max_command_buffer_len = 50_000;
+                // A hung server (SIGSTOP, stuck) keeps its TCP connection
+                // open: treat a connection as dead when replies stop, so the
+                // client reconnects and the node reconciles afterwards.
+                c.unresponsive.max_timeout = Some(timeout * 2);
+                c.unresponsive.interval = (timeout / 2).max(Duration::from_millis(100));
             })
-            .with_performance_config(|p| p.default_command_timeout = timeout)
+            .with_performance_config(|p| {
+                p.default_command_timeout = timeout;
+                // Room for a burst of kicks before the subscriber lags.
+                p.broadcast_channel_capacity = 4096;
+            })
             .set_policy(policy);
         let client = builder.build().map_err(|e| e.to_string())?;
         let subscriber = builder
@@ -147,7 +156,21 @@ impl RedisPresence {
         });
         this.client.connect();
         this.subscriber.connect();
-        drop(this.subscriber.manage_subscriptions());
+        // Not fred's manage_subscriptions(): in fred 10.1 its resubscribe_all()
+        // first sends SUBSCRIBE with no channels, which Redis rejects, and
+        // returns before re-subscribing shard channels. We re-subscribe the
+        // kick channel ourselves after every reconnect of the subscriber.
+        {
+            let t = this.clone();
+            drop(this.subscriber.on_reconnect(move |_| {
+                let t = t.clone();
+                async move {
+                    t.subscribed.store(false, Ordering::Relaxed);
+                    tokio::spawn(async move { t.subscribe_kicks().await });
+                    Ok(())
+                }
+            }));
+        }
         {
             let t = this.clone();
             drop(this.client.on_reconnect(move |server| {
@@ -254,6 +277,24 @@ impl RedisPresence {
         let started = Instant::now();
         let me = self.me().to_owned();
         let held: Vec<Option<Location>> = batch.iter().map(|d| self.node.registry.get(d)).collect();
+        // Into the node's set before the entry exists: if this node dies in
+        // between, cleanup after it still finds (and purges) the entry.
+        let joining: Vec<String> = batch
+            .iter()
+            .zip(&held)
+            .filter(|(_, l)| l.is_some())
+            .map(|(d, _)| d.to_string())
+            .collect();
+        if !joining.is_empty() {
+            if let Err(e) = self
+                .client
+                .sadd::<i64, _, _>(keys::node_devices(&me), joining)
+                .await
+            {
+                self.pending.requeue(batch);
+                return Err(e);
+            }
+        }
         let results = join_all(batch.iter().zip(&held).map(|(device, loc)| {
             let key = keys::device(device);
             let me = me.clone();
@@ -346,6 +387,7 @@ impl RedisPresence {
             .get(device)
             .filter(|l| l.session_id == session_id)
         {
+            crate::metrics::kicked(CloseReason::Replaced.name());
             let _ = self.node.cores[loc.core as usize].send(CoreCommand::Kick {
                 slot: loc.slot,
                 session_id,
@@ -356,11 +398,11 @@ impl RedisPresence {
 
     // ----- kicks from other nodes -------------------------------------------
 
-    async fn kick_listener(self: Arc<Self>) {
+    /// (Re)subscribes the kick channel, retrying until it works; writes pause
+    /// meanwhile, and a reconciliation follows to repair kicks missed while
+    /// unsubscribed.
+    async fn subscribe_kicks(&self) {
         let channel = keys::kick_channel(self.me());
-        let mut rx = self.subscriber.message_rx();
-        // Subscribe once Redis is reachable; the subscriber re-subscribes by
-        // itself after later reconnects.
         let mut wait = Duration::from_millis(100);
         while let Err(e) = self.subscriber.ssubscribe(channel.clone()).await {
             tracing::debug!(error = %e, "kick channel subscription pending");
@@ -368,8 +410,26 @@ impl RedisPresence {
             wait = (wait * 2).min(Duration::from_secs(5));
         }
         self.subscribed.store(true, Ordering::Relaxed);
+        self.needs_reconcile.store(true, Ordering::Relaxed);
         self.pending.notify.notify_one();
-        while let Ok(msg) = rx.recv().await {
+    }
+
+    async fn kick_listener(self: Arc<Self>) {
+        let mut rx = self.subscriber.message_rx();
+        self.subscribe_kicks().await;
+        loop {
+            let msg = match rx.recv().await {
+                Ok(msg) => msg,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    // Kicks were dropped from fred's buffer: reconciliation
+                    // finds the sessions this node lost and kicks them.
+                    tracing::warn!(missed, "kick messages overflowed; reconciling");
+                    self.needs_reconcile.store(true, Ordering::Relaxed);
+                    self.pending.notify.notify_one();
+                    continue;
+                }
+                Err(_) => return,
+            };
             let Some(text) = msg.value.as_string() else {
                 continue;
             };
@@ -379,6 +439,7 @@ impl RedisPresence {
             metrics::counter!(m::REMOTE_KICKS, "direction" => "received").increment(1);
             if let Some(loc) = self.node.registry.get(device) {
                 if self.tag(loc.session_id) == sid {
+                    crate::metrics::kicked(CloseReason::Replaced.name());
                     let _ = self.node.cores[loc.core as usize].send(CoreCommand::Kick {
                         slot: loc.slot,
                         session_id: loc.session_id,
@@ -501,6 +562,13 @@ impl RedisPresence {
                 for r in results {
                     purged += r? as u64;
                 }
+            }
+            // It may have come back meanwhile (a long pause): then its own
+            // reconciliation restores what was purged; keep its set.
+            let back: i64 = self.client.exists(keys::lease(&node)).await?;
+            if back > 0 {
+                tracing::info!(node = %node, purged, "node came back during cleanup; leaving it");
+                continue;
             }
             let _: i64 = self.client.del(keys::node_devices(&node)).await?;
             let _: i64 = self.client.srem(keys::NODES, node.as_str()).await?;
