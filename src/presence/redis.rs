@@ -223,6 +223,8 @@ impl RedisPresence {
     // ----- writing ---------------------------------------------------------
 
     async fn writer(self: Arc<Self>) {
+        let started = Instant::now();
+        let mut startup_warned = false;
         loop {
             tokio::select! {
                 _ = self.pending.notify.notified() => {}
@@ -238,6 +240,17 @@ impl RedisPresence {
                 } else {
                     tracing::warn!("Redis is unreachable; sessions are unaffected, presence changes queue until it is back");
                 }
+            }
+            if !connected
+                && !self.ever_up.load(Ordering::Relaxed)
+                && !startup_warned
+                && started.elapsed() >= Duration::from_secs(1)
+            {
+                startup_warned = true;
+                tracing::warn!(
+                    redis = %self.settings.url,
+                    "Redis is unreachable at start-up; serving with presence in memory only until it is back"
+                );
             }
             if !connected
                 || !self.subscribed.load(Ordering::Relaxed)
