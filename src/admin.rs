@@ -25,6 +25,8 @@ pub struct AdminState {
     pub metrics: PrometheusHandle,
     /// None in standalone mode (presence is the node's memory).
     pub presence: Option<Arc<RedisPresence>>,
+    /// Bearer token of the push API (None: push API disabled).
+    pub push_token: Option<Arc<str>>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -34,6 +36,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/sessions/{device_id}", get(session))
         .route("/v1/presence/{device_id}", get(presence))
         .route("/v1/consistency", get(consistency))
+        .route("/v1/push", axum::routing::post(push))
         .with_state(state)
 }
 
@@ -145,4 +148,12 @@ async fn consistency(State(s): State<AdminState>, Query(q): Query<ConsistencyQue
         }))
         .into_response(),
     }
+}
+
+async fn push(
+    State(s): State<AdminState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    crate::push_api::handle(&s.gateway, s.push_token.as_deref(), &headers, body).await
 }

@@ -177,7 +177,7 @@ fn verify_token(
 
 /// Compares SHA-256 digests in constant time, so neither the content nor the
 /// length of a configured key leaks through timing.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     use sha2::Digest;
     let (da, db) = (Sha256::digest(a), Sha256::digest(b));
     da.iter()

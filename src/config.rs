@@ -52,6 +52,11 @@ pub struct Cli {
     #[arg(long = "app-key", env = "MIOP_APP_KEYS", value_delimiter = ',')]
     pub app_keys: Vec<String>,
 
+    /// Bearer token for the push API (POST /v1/push). Without it the push API
+    /// is disabled.
+    #[arg(long, env = "MIOP_PUSH_TOKEN", hide_env_values = true)]
+    pub push_token: Option<String>,
+
     /// Secret for HMAC device tokens (production mode; see docs/PROTOCOL.md).
     #[arg(long, env = "MIOP_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Option<String>,
@@ -139,6 +144,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub app_keys: Vec<String>,
     pub token_secret: Option<String>,
+    pub push_token: Option<String>,
     pub redis: Option<String>,
     #[serde(default, with = "opt_duration")]
     pub presence_lease: Option<Duration>,
@@ -172,6 +178,7 @@ pub struct Config {
     pub session: SessionConfig,
     pub app_keys: Vec<String>,
     pub token_secret: Option<String>,
+    pub push_token: Option<String>,
     pub redis: Option<String>,
     pub presence_lease: Duration,
     pub backlog: u32,
@@ -269,6 +276,7 @@ impl Config {
             session,
             app_keys,
             token_secret: cli.token_secret.or(file.token_secret),
+            push_token: cli.push_token.or(file.push_token).filter(|t| !t.is_empty()),
             redis: cli.redis.or(file.redis),
             presence_lease: cli
                 .presence_lease

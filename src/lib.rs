@@ -15,4 +15,5 @@ pub mod gateway;
 pub mod metrics;
 pub mod presence;
 pub mod protocol;
+pub mod push_api;
 pub mod session;

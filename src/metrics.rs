@@ -4,7 +4,9 @@
 //! per-device or per-address labels. The recorder is installed once, before the
 //! cores start, and rendered by the admin server (`GET /metrics`).
 
-use metrics::{counter, describe_counter, describe_gauge, gauge, Counter, Gauge};
+use metrics::{
+    counter, describe_counter, describe_gauge, gauge, histogram, Counter, Gauge, Histogram,
+};
 use metrics::{describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -20,6 +22,9 @@ pub const PUSH_ACKS: &str = "miop_push_acks_total";
 pub const KICKS: &str = "miop_kicks_total";
 pub const CORES: &str = "miop_cores";
 pub const FD_LIMIT: &str = "miop_fd_limit";
+pub const PUSHES: &str = "miop_pushes_total";
+pub const PUSH_RECIPIENTS: &str = "miop_push_recipients_total";
+pub const PUSH_ACK_LATENCY: &str = "miop_push_ack_latency_seconds";
 pub const REDIS_UP: &str = "miop_redis_up";
 pub const REDIS_RECONNECTS: &str = "miop_redis_reconnects_total";
 pub const PRESENCE_QUEUE: &str = "miop_presence_queue_depth";
@@ -45,6 +50,15 @@ pub fn install() -> Result<PrometheusHandle, String> {
                 Matcher::Full(PRESENCE_BATCH_SECONDS.into()),
                 &[
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ],
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(PUSH_ACK_LATENCY.into()),
+                &[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0,
                 ],
             )
         })
@@ -83,6 +97,16 @@ pub fn install() -> Result<PrometheusHandle, String> {
     describe_gauge!(
         FD_LIMIT,
         "The process's file descriptor limit after start-up."
+    );
+    describe_counter!(PUSHES, "Push API requests, by target kind and result.");
+    describe_counter!(
+        PUSH_RECIPIENTS,
+        "Push recipients, by outcome (delivered to a socket, unknown)."
+    );
+    describe_histogram!(
+        PUSH_ACK_LATENCY,
+        Unit::Seconds,
+        "Time from queueing a push to its PushAck."
     );
     describe_gauge!(
         REDIS_UP,
@@ -146,6 +170,7 @@ pub struct CoreMetrics {
     pub heartbeat_timeouts: Counter,
     pub bind_timeouts: Counter,
     pub push_acks: Counter,
+    pub push_ack_latency: Histogram,
 }
 
 impl CoreMetrics {
@@ -158,6 +183,7 @@ impl CoreMetrics {
             heartbeat_timeouts: counter!(HEARTBEAT_TIMEOUTS),
             bind_timeouts: counter!(BIND_TIMEOUTS),
             push_acks: counter!(PUSH_ACKS),
+            push_ack_latency: histogram!(PUSH_ACK_LATENCY),
         }
     }
 }

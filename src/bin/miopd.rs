@@ -135,6 +135,7 @@ fn run(config: Config) -> Result<(), String> {
             gateway: gw.clone(),
             metrics: metrics.clone(),
             presence,
+            push_token: config.push_token.as_deref().map(Arc::from),
         };
         tokio::spawn(async move {
             if let Err(e) = axum::serve(admin_listener, admin::router(state)).await {

@@ -9,13 +9,16 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::BytesMut;
+use std::collections::{HashMap, HashSet};
+
+use bytes::{Bytes, BytesMut};
 use slab::Slab;
 use tokio::sync::{mpsc, Notify};
 use tokio_uring::net::{TcpListener, TcpStream};
 
 use super::log_limit::RateLimitedLog;
-use super::node::{CoreCommand, DrainReport, SessionView, SharedNode};
+use super::node::{CoreCommand, DrainReport, PushOutcome, PushTargets, SessionView, SharedNode};
+use super::outbound::Outbound;
 use super::read_pool::ReadPool;
 use super::registry::Location;
 use crate::metrics::{self as m, CoreMetrics};
@@ -27,6 +30,11 @@ use crate::session::{Action, PresenceChange, Session, SessionState};
 const CLOSE_LINGER: Duration = Duration::from_secs(5);
 /// Cap on the per-core slot reservation (virtual memory, not RSS).
 const MAX_RESERVED_SLOTS: usize = 4 << 20;
+/// Sessions (slot, session id) by topic.
+type TopicIndex = HashMap<Box<str>, HashSet<(usize, u64)>>;
+
+/// How long a push's send time is kept for measuring its acks.
+const PUSH_ACK_WINDOW: Duration = Duration::from_secs(600);
 /// Read buffers per core: reads in flight at once, not connections.
 const READ_BUFFERS: usize = 256;
 
@@ -36,7 +44,7 @@ pub(super) struct Conn {
     pub session: Session,
     pub peer: SocketAddr,
     /// Encoded frames waiting for the writer (unallocated when idle).
-    pub outbound: BytesMut,
+    pub outbound: Outbound,
     /// The start of a frame whose rest has not arrived (unallocated when idle).
     pub inbound: BytesMut,
     /// A writer task is flushing `outbound`.
@@ -58,6 +66,11 @@ pub struct Core {
     metrics: CoreMetrics,
     accept_log: RateLimitedLog,
     slow_log: RateLimitedLog,
+    /// Sessions by topic (joined at Bind), for topic pushes.
+    topics: RefCell<TopicIndex>,
+    /// Send time of pushes awaiting PushAcks, by message id (one entry per
+    /// message per core, however many recipients), for push-to-ack latency.
+    push_sent: RefCell<HashMap<u64, Instant>>,
 }
 
 impl Core {
@@ -78,6 +91,8 @@ impl Core {
             node,
             accept_log: RateLimitedLog::new(Duration::from_secs(5)),
             slow_log: RateLimitedLog::new(Duration::from_secs(5)),
+            topics: RefCell::new(HashMap::new()),
+            push_sent: RefCell::new(HashMap::new()),
         }
     }
 
@@ -104,6 +119,15 @@ impl Core {
                     reply,
                 } => {
                     let _ = reply.send(self.inspect(slot as usize, session_id));
+                }
+                CoreCommand::Push {
+                    targets,
+                    frame,
+                    message_id,
+                    ack,
+                    reply,
+                } => {
+                    let _ = reply.send(self.push(targets, frame, message_id, ack));
                 }
                 CoreCommand::Drain { reply } => {
                     let report = self.drain(listen_fd).await;
@@ -181,7 +205,7 @@ impl Core {
             stream: stream.clone(),
             session: Session::new(session_id, Instant::now()),
             peer,
-            outbound: BytesMut::new(),
+            outbound: Outbound::default(),
             inbound: BytesMut::new(),
             writing: false,
             reader_done: false,
@@ -283,7 +307,7 @@ impl Core {
                 c.closing_since = Some(Instant::now());
             }
             c.session.handle_transport_closed(&mut actions);
-            c.outbound = BytesMut::new();
+            c.outbound.clear();
             c.stream.clone()
         };
         self.apply(slot, sid, actions);
@@ -302,7 +326,7 @@ impl Core {
                 Action::Send(frame) => {
                     let mut conns = self.conns.borrow_mut();
                     if let Some(c) = live(&mut conns, slot, sid) {
-                        if let Err(e) = frame.encode(&mut c.outbound) {
+                        if let Err(e) = c.outbound.encode(&frame) {
                             tracing::error!(core = self.id, error = %e, "cannot encode a server frame");
                         }
                         flush = true;
@@ -311,7 +335,7 @@ impl Core {
                         {
                             // The peer is not reading: free what is queued for
                             // it and close it, instead of growing without bound.
-                            c.outbound = BytesMut::new();
+                            c.outbound.clear();
                             slow = true;
                         }
                     }
@@ -319,8 +343,16 @@ impl Core {
                 Action::Presence(PresenceChange::Online {
                     device_id,
                     session_id,
-                    ..
+                    topics,
                 }) => {
+                    let mut index = self.topics.borrow_mut();
+                    for t in topics {
+                        index
+                            .entry(t.into_boxed_str())
+                            .or_default()
+                            .insert((slot, session_id));
+                    }
+                    drop(index);
                     self.metrics.sessions.increment(1.0);
                     self.metrics.binds_ok.increment(1);
                     let since_ms = SystemTime::now()
@@ -346,12 +378,20 @@ impl Core {
                 }) => {
                     self.metrics.sessions.decrement(1.0);
                     self.node.registry.unbind(&device_id, session_id);
+                    self.leave_topics(slot, session_id);
                     if let Some(p) = &self.node.presence {
                         p.mark(&device_id);
                     }
                 }
                 Action::BindRejected(code) => m::bind_rejected(code.name()),
-                Action::Acked { .. } => self.metrics.push_acks.increment(1),
+                Action::Acked { message_id } => {
+                    self.metrics.push_acks.increment(1);
+                    if let Some(sent) = self.push_sent.borrow().get(&message_id) {
+                        self.metrics
+                            .push_ack_latency
+                            .record(sent.elapsed().as_secs_f64());
+                    }
+                }
                 Action::Close { reason } => {
                     let mut conns = self.conns.borrow_mut();
                     if let Some(c) = live(&mut conns, slot, sid) {
@@ -422,6 +462,104 @@ impl Core {
         self.apply(slot, sid, actions);
     }
 
+    fn leave_topics(&self, slot: usize, sid: u64) {
+        let topics: Vec<String> = match self.conns.borrow().get(slot).filter(|c| c.is(sid)) {
+            Some(c) => c.session.topics().to_vec(),
+            None => return,
+        };
+        let mut index = self.topics.borrow_mut();
+        for t in topics {
+            if let Some(members) = index.get_mut(t.as_str()) {
+                members.remove(&(slot, sid));
+                if members.is_empty() {
+                    index.remove(t.as_str());
+                }
+            }
+        }
+    }
+
+    // ----- pushes ----------------------------------------------------------
+
+    /// Queues one encoded Push frame (shared, not copied) for every target on
+    /// this core, in one pass without awaiting; writers then flush each
+    /// connection. A target over its outbound limit is closed as a slow
+    /// consumer instead of growing.
+    fn push(
+        self: &Rc<Self>,
+        targets: PushTargets,
+        frame: Bytes,
+        message_id: u64,
+        ack: bool,
+    ) -> PushOutcome {
+        let max = self.node.session.max_outbound_bytes;
+        let mut out = PushOutcome::default();
+        let (mut flush, mut slow) = (Vec::new(), Vec::new());
+        let mut missing = 0;
+        {
+            let mut conns = self.conns.borrow_mut();
+            let mut deliver = |slot: usize, c: &mut Conn| {
+                if c.session.state() != SessionState::Bound || c.closing_since.is_some() {
+                    out.gone += 1;
+                    return;
+                }
+                c.outbound.push(frame.clone());
+                out.delivered += 1;
+                if c.outbound.len() > max {
+                    c.outbound.clear();
+                    slow.push((slot, c.session.session_id()));
+                } else if !c.writing {
+                    flush.push((slot, c.session.session_id()));
+                }
+            };
+            match &targets {
+                PushTargets::Sessions(list) => {
+                    for &(slot, sid) in list {
+                        match live(&mut conns, slot as usize, sid) {
+                            Some(c) => deliver(slot as usize, c),
+                            None => missing += 1,
+                        }
+                    }
+                }
+                PushTargets::Topic(topic) => {
+                    if let Some(members) = self.topics.borrow().get(&**topic) {
+                        for &(slot, sid) in members {
+                            if let Some(c) = live(&mut conns, slot, sid) {
+                                deliver(slot, c);
+                            }
+                        }
+                    }
+                }
+                PushTargets::All => {
+                    for (slot, c) in conns.iter_mut() {
+                        if c.session.state() == SessionState::Bound && c.closing_since.is_none() {
+                            deliver(slot, c);
+                        }
+                    }
+                }
+            }
+        }
+        out.gone += missing;
+        if ack && out.delivered > 0 {
+            self.push_sent
+                .borrow_mut()
+                .insert(message_id, Instant::now());
+        }
+        for (slot, sid) in flush {
+            self.ensure_writer(slot, sid);
+        }
+        for (slot, sid) in slow {
+            self.slow_log.warn(|suppressed| {
+                tracing::warn!(
+                    core = self.id,
+                    suppressed,
+                    "closing a slow consumer: pushes over its outbound limit"
+                )
+            });
+            self.kick(slot, sid, CloseReason::SlowConsumer);
+        }
+        out
+    }
+
     // ----- outbound --------------------------------------------------------
 
     fn ensure_writer(self: &Rc<Self>, slot: usize, sid: u64) {
@@ -450,8 +588,8 @@ impl Core {
     pub(super) fn next_outbound(&self, slot: usize, sid: u64) -> Option<bytes::Bytes> {
         let mut conns = self.conns.borrow_mut();
         let c = live(&mut conns, slot, sid)?;
-        if !c.outbound.is_empty() {
-            return Some(std::mem::take(&mut c.outbound).freeze());
+        if let Some(bytes) = c.outbound.take() {
+            return Some(bytes);
         }
         c.writing = false;
         if c.closing_since.is_some() {
@@ -538,6 +676,10 @@ impl Core {
             for stream in lingering.drain(..) {
                 let _ = stream.shutdown(Shutdown::Both);
             }
+            // Acks later than this are not measured; keeps the map bounded.
+            self.push_sent
+                .borrow_mut()
+                .retain(|_, sent| now.duration_since(*sent) < PUSH_ACK_WINDOW);
         }
     }
 

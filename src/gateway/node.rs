@@ -44,6 +44,15 @@ pub enum CoreCommand {
         session_id: u64,
         reply: oneshot::Sender<Option<SessionView>>,
     },
+    /// Queue an encoded Push frame for the targets on this core.
+    Push {
+        targets: PushTargets,
+        frame: bytes::Bytes,
+        message_id: u64,
+        /// The frame asks for a PushAck (push-to-ack latency is measured).
+        ack: bool,
+        reply: oneshot::Sender<PushOutcome>,
+    },
     /// Stop accepting, send Close(SERVER_SHUTDOWN) to every session, and report
     /// once every connection is closed or the drain timeout has passed.
     Drain { reply: oneshot::Sender<DrainReport> },
@@ -66,3 +75,23 @@ pub struct DrainReport {
 }
 
 pub type SharedNode = Arc<Node>;
+
+/// Who on one core a push is for.
+#[derive(Debug, Clone)]
+pub enum PushTargets {
+    /// Specific sessions: (slot, session id) as found in the device index.
+    Sessions(Vec<(u32, u64)>),
+    /// Every session that joined the topic.
+    Topic(Arc<str>),
+    /// Every bound session.
+    All,
+}
+
+/// What one core did with a push.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PushOutcome {
+    /// Queued to a bound session's socket.
+    pub delivered: u64,
+    /// Targets that were gone or closing by the time the core got the push.
+    pub gone: u64,
+}

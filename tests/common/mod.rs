@@ -123,9 +123,39 @@ impl Miopd {
 
     /// `GET path` on the admin API: (status, body). Plain HTTP/1.0 over std.
     pub fn get(&self, path: &str) -> (u16, String) {
+        self.try_get(path)
+            .unwrap_or_else(|| panic!("admin API did not answer GET {path}"))
+    }
+
+    /// Like `get`, but `None` when the admin API cannot answer (e.g. while the
+    /// process is out of file descriptors).
+    pub fn try_get(&self, path: &str) -> Option<(u16, String)> {
+        let mut s = TcpStream::connect(self.admin).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).ok()?;
+        let status = resp.split_whitespace().nth(1)?.parse().ok()?;
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Some((status, body))
+    }
+
+    /// `POST path` with a JSON body and an optional bearer token: (status, body).
+    pub fn post(&self, path: &str, body: &str, token: Option<&str>) -> (u16, String) {
         let mut s = TcpStream::connect(self.admin).expect("admin connect");
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "POST {path} HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
         let mut resp = String::new();
         s.read_to_string(&mut resp).unwrap();
         let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -138,7 +168,7 @@ impl Miopd {
 
     /// The value of one sample in /metrics (`name` includes labels, if any).
     pub fn metric(&self, name: &str) -> Option<f64> {
-        let (_, body) = self.get("/metrics");
+        let (_, body) = self.try_get("/metrics")?;
         body.lines()
             .filter(|l| !l.starts_with('#'))
             .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))

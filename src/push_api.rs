@@ -1,0 +1,294 @@
+//! `POST /v1/push`: the backend's way to reach devices.
+//!
+//! ```text
+//! POST /v1/push
+//! Authorization: Bearer <--push-token>
+//! {"to": {"device": "ID"} | {"devices": ["ID", ...]} | {"topic": "T"} | "all",
+//!  "payload": "text" | "payload_b64": "...", "ttl": seconds, "ack": true}
+//! → 200 {"id": 7356..., "delivered": N, "offline": N, "unknown": N}
+//! ```
+//!
+//! Every malformed request is a 4xx with `{"error": "..."}` saying what is
+//! wrong: 401 without a bearer token, 403 with a wrong one (or when the push
+//! API is disabled because no --push-token is set), 400 for bad JSON or
+//! targets, 413 for an oversized payload or target list, 404 when the one
+//! device addressed is not online.
+
+use axum::body::Bytes as Body;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::gateway::{Gateway, PushTo};
+use crate::metrics as m;
+use crate::protocol::{HEADER_LEN, MAX_DEVICE_ID_LEN, MAX_FRAME_LEN, MAX_TOPIC_LEN};
+
+/// Largest payload a Push frame can carry (frame limit less header and id).
+pub const MAX_PAYLOAD: usize = MAX_FRAME_LEN - HEADER_LEN - 8;
+/// Most devices one request may address.
+pub const MAX_DEVICES: usize = 10_000;
+/// Longest TTL accepted (30 days).
+pub const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// A parsed, valid push request.
+#[derive(Debug)]
+pub struct PushRequest {
+    pub to: PushTo,
+    pub kind: &'static str,
+    pub payload: bytes::Bytes,
+    pub ttl: Option<u64>,
+    pub ack: bool,
+}
+
+/// Parses and validates a request body; the error is (status, message).
+pub fn parse(body: &[u8]) -> Result<PushRequest, (StatusCode, String)> {
+    let bad = |m: String| (StatusCode::BAD_REQUEST, m);
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("body is not valid JSON: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| bad("body must be a JSON object".into()))?;
+    for k in obj.keys() {
+        if !["to", "payload", "payload_b64", "ttl", "ack"].contains(&k.as_str()) {
+            return Err(bad(format!("unknown field {k:?}")));
+        }
+    }
+    let check_device = |d: &Value| -> Result<String, (StatusCode, String)> {
+        let s = d
+            .as_str()
+            .ok_or_else(|| bad(format!("device ids must be strings, got {d}")))?;
+        if s.is_empty() || s.len() > MAX_DEVICE_ID_LEN {
+            return Err(bad(format!(
+                "device id {s:?} must be 1 to {MAX_DEVICE_ID_LEN} bytes"
+            )));
+        }
+        Ok(s.to_owned())
+    };
+    let (to, kind) = match obj.get("to") {
+        None => return Err(bad("missing \"to\": {\"device\": ID}, {\"devices\": [...]}, {\"topic\": T} or \"all\"".into())),
+        Some(Value::String(s)) if s == "all" => (PushTo::All, "all"),
+        Some(Value::Object(t)) if t.len() == 1 => {
+            let (k, val) = t.iter().next().expect("one key");
+            match k.as_str() {
+                "device" => (PushTo::Devices(vec![check_device(val)?]), "device"),
+                "devices" => {
+                    let list = val.as_array().ok_or_else(|| bad("\"devices\" must be an array".into()))?;
+                    if list.is_empty() {
+                        return Err(bad("\"devices\" must not be empty".into()));
+                    }
+                    if list.len() > MAX_DEVICES {
+                        return Err((
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            format!("at most {MAX_DEVICES} devices per request, got {}", list.len()),
+                        ));
+                    }
+                    (PushTo::Devices(list.iter().map(check_device).collect::<Result<_, _>>()?), "devices")
+                }
+                "topic" => {
+                    let t = val.as_str().ok_or_else(|| bad("\"topic\" must be a string".into()))?;
+                    if t.is_empty() || t.len() > MAX_TOPIC_LEN {
+                        return Err(bad(format!("topic must be 1 to {MAX_TOPIC_LEN} bytes")));
+                    }
+                    (PushTo::Topic(t.to_owned()), "topic")
+                }
+                other => return Err(bad(format!("unknown target {other:?}: use device, devices, topic or \"all\""))),
+            }
+        }
+        Some(other) => {
+            return Err(bad(format!(
+                "invalid \"to\" {other}: use {{\"device\": ID}}, {{\"devices\": [...]}}, {{\"topic\": T}} or \"all\""
+            )))
+        }
+    };
+    let payload = match (obj.get("payload"), obj.get("payload_b64")) {
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                "give either \"payload\" or \"payload_b64\", not both".into()
+            ))
+        }
+        (Some(Value::String(s)), None) => bytes::Bytes::from(s.clone().into_bytes()),
+        (None, Some(Value::String(s))) => bytes::Bytes::from(
+            base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .map_err(|e| bad(format!("\"payload_b64\" is not valid base64: {e}")))?,
+        ),
+        (None, None) => return Err(bad("missing \"payload\" (text) or \"payload_b64\"".into())),
+        _ => return Err(bad("\"payload\" and \"payload_b64\" must be strings".into())),
+    };
+    if payload.len() > MAX_PAYLOAD {
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "payload of {} bytes exceeds the maximum of {MAX_PAYLOAD}",
+                payload.len()
+            ),
+        ));
+    }
+    let ttl = match obj.get("ttl") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(t) if t <= MAX_TTL_SECS => Some(t),
+            _ => {
+                return Err(bad(format!(
+                    "\"ttl\" must be seconds between 0 and {MAX_TTL_SECS}"
+                )))
+            }
+        },
+    };
+    let ack = match obj.get("ack") {
+        None => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(bad("\"ack\" must be true or false".into())),
+    };
+    Ok(PushRequest {
+        to,
+        kind,
+        payload,
+        ttl,
+        ack,
+    })
+}
+
+/// Checks `Authorization: Bearer <token>` in constant time.
+fn authorize(headers: &HeaderMap, token: Option<&str>) -> Result<(), Box<Response>> {
+    let deny = |status, msg: &str| Err(Box::new(error(status, msg)));
+    let Some(token) = token else {
+        return deny(
+            StatusCode::FORBIDDEN,
+            "the push API is disabled: start miopd with --push-token",
+        );
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        None => deny(
+            StatusCode::UNAUTHORIZED,
+            "missing Authorization: Bearer <push token>",
+        ),
+        Some(g) if crate::auth::constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => deny(StatusCode::FORBIDDEN, "wrong push token"),
+    }
+}
+
+pub async fn handle(
+    gateway: &Gateway,
+    token: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
+    if let Err(r) = authorize(headers, token) {
+        metrics::counter!(m::PUSHES, "kind" => "unknown", "result" => "unauthorized").increment(1);
+        return *r;
+    }
+    let req = match parse(&body) {
+        Ok(r) => r,
+        Err((status, msg)) => {
+            metrics::counter!(m::PUSHES, "kind" => "unknown", "result" => "invalid").increment(1);
+            return error(status, msg);
+        }
+    };
+    let single = req.kind == "device";
+    let report = match gateway.push(req.to, req.payload, req.ack).await {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    metrics::counter!(m::PUSH_RECIPIENTS, "outcome" => "delivered").increment(report.delivered);
+    metrics::counter!(m::PUSH_RECIPIENTS, "outcome" => "unknown").increment(report.unknown);
+    let body = json!({
+        "id": report.id,
+        "delivered": report.delivered,
+        "offline": report.offline,
+        "unknown": report.unknown,
+    });
+    if single && report.delivered == 0 {
+        metrics::counter!(m::PUSHES, "kind" => req.kind, "result" => "not_found").increment(1);
+        let mut b = body;
+        b["error"] =
+            json!("device is not online on this node (offline storage is not available yet)");
+        return (StatusCode::NOT_FOUND, Json(b)).into_response();
+    }
+    metrics::counter!(m::PUSHES, "kind" => req.kind, "result" => "ok").increment(1);
+    Json(body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_shapes_parse() {
+        let r = parse(br#"{"to": {"device": "d1"}, "payload": "hi", "ttl": 60}"#).unwrap();
+        assert!(matches!(r.to, PushTo::Devices(ref v) if v == &["d1"]));
+        assert_eq!(
+            (r.kind, &r.payload[..], r.ttl, r.ack),
+            ("device", &b"hi"[..], Some(60), true)
+        );
+        let r = parse(br#"{"to": {"devices": ["a", "b"]}, "payload_b64": "AAEC"}"#).unwrap();
+        assert_eq!((r.kind, &r.payload[..]), ("devices", &[0u8, 1, 2][..]));
+        let r = parse(br#"{"to": {"topic": "news"}, "payload": "x", "ack": false}"#).unwrap();
+        assert!(matches!(r.to, PushTo::Topic(ref t) if t == "news") && !r.ack);
+        assert!(matches!(
+            parse(br#"{"to": "all", "payload": ""}"#).unwrap().to,
+            PushTo::All
+        ));
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_wrong() {
+        let big = format!(
+            r#"{{"to": "all", "payload": "{}"}}"#,
+            "x".repeat(MAX_PAYLOAD + 1)
+        );
+        for (body, status, needle) in [
+            (&b"not json"[..], 400, "not valid JSON"),
+            (br#"[1]"#, 400, "JSON object"),
+            (br#"{"payload": "x"}"#, 400, "missing \"to\""),
+            (
+                br#"{"to": {"group": "g"}, "payload": "x"}"#,
+                400,
+                "unknown target",
+            ),
+            (
+                br#"{"to": "everyone", "payload": "x"}"#,
+                400,
+                "invalid \"to\"",
+            ),
+            (
+                br#"{"to": {"devices": []}, "payload": "x"}"#,
+                400,
+                "must not be empty",
+            ),
+            (
+                br#"{"to": {"device": ""}, "payload": "x"}"#,
+                400,
+                "1 to 128 bytes",
+            ),
+            (br#"{"to": "all"}"#, 400, "missing \"payload\""),
+            (
+                br#"{"to": "all", "payload": "x", "payload_b64": "eA=="}"#,
+                400,
+                "not both",
+            ),
+            (br#"{"to": "all", "payload_b64": "!!"}"#, 400, "base64"),
+            (br#"{"to": "all", "payload": "x", "ttl": -1}"#, 400, "ttl"),
+            (
+                br#"{"to": "all", "payload": "x", "extra": 1}"#,
+                400,
+                "unknown field",
+            ),
+            (big.as_bytes(), 413, "exceeds the maximum"),
+        ] {
+            let (s, msg) = parse(body).unwrap_err();
+            assert_eq!(s.as_u16(), status, "{msg}");
+            assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
+        }
+    }
+}
