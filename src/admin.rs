@@ -155,5 +155,12 @@ async fn push(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    crate::push_api::handle(&s.gateway, s.push_token.as_deref(), &headers, body).await
+    crate::push_api::handle(
+        &s.gateway,
+        s.presence.as_deref(),
+        s.push_token.as_deref(),
+        &headers,
+        body,
+    )
+    .await
 }

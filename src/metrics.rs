@@ -25,6 +25,7 @@ pub const FD_LIMIT: &str = "miop_fd_limit";
 pub const PUSHES: &str = "miop_pushes_total";
 pub const PUSH_RECIPIENTS: &str = "miop_push_recipients_total";
 pub const PUSH_ACK_LATENCY: &str = "miop_push_ack_latency_seconds";
+pub const PUSHES_ROUTED: &str = "miop_pushes_routed_total";
 pub const REDIS_UP: &str = "miop_redis_up";
 pub const REDIS_RECONNECTS: &str = "miop_redis_reconnects_total";
 pub const PRESENCE_QUEUE: &str = "miop_presence_queue_depth";
@@ -99,6 +100,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
         "The process's file descriptor limit after start-up."
     );
     describe_counter!(PUSHES, "Push API requests, by target kind and result.");
+    describe_counter!(
+        PUSHES_ROUTED,
+        "Pushes sent to other nodes through Redis: devices routed, and topic/broadcast fan-outs."
+    );
     describe_counter!(
         PUSH_RECIPIENTS,
         "Push recipients, by outcome (delivered to a socket, unknown)."

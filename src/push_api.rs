@@ -21,8 +21,9 @@ use axum::Json;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::gateway::{Gateway, PushTo};
+use crate::gateway::{push_local, Gateway, PushTo};
 use crate::metrics as m;
+use crate::presence::{RedisPresence, RoutedPush};
 use crate::protocol::{HEADER_LEN, MAX_DEVICE_ID_LEN, MAX_FRAME_LEN, MAX_TOPIC_LEN};
 
 /// Largest payload a Push frame can carry (frame limit less header and id).
@@ -180,6 +181,7 @@ fn authorize(headers: &HeaderMap, token: Option<&str>) -> Result<(), Box<Respons
 
 pub async fn handle(
     gateway: &Gateway,
+    presence: Option<&RedisPresence>,
     token: Option<&str>,
     headers: &HeaderMap,
     body: Body,
@@ -195,25 +197,51 @@ pub async fn handle(
             return error(status, msg);
         }
     };
-    let single = req.kind == "device";
-    let report = match gateway.push(req.to, req.payload, req.ack).await {
-        Ok(r) => r,
+    let id = gateway.next_message_id();
+    let local = match push_local(&gateway.node, id, &req.to, req.payload.clone(), req.ack).await {
+        Ok(l) => l,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
+    let mut report = local.report;
+    let mut nodes = 0;
+    // With shared presence, what is not held here goes to the node that holds
+    // it; topic pushes and broadcasts go to every node.
+    if let Some(p) = presence {
+        let msg = RoutedPush::new(id, req.ack, &req.payload, &gateway.node.node_id, &req.to);
+        match &req.to {
+            PushTo::Devices(_) if !local.not_here.is_empty() => {
+                match p.route(&msg, local.not_here).await {
+                    Ok(n) => {
+                        report.delivered += n;
+                        report.unknown -= n;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot route a push through Redis"),
+                }
+            }
+            PushTo::Topic(_) | PushTo::All => match p.fan_out(&msg).await {
+                Ok(n) => nodes = n,
+                Err(e) => tracing::warn!(error = %e, "cannot fan a push out through Redis"),
+            },
+            _ => {}
+        }
+    }
+    let single = req.kind == "device";
     metrics::counter!(m::PUSH_RECIPIENTS, "outcome" => "delivered").increment(report.delivered);
     metrics::counter!(m::PUSH_RECIPIENTS, "outcome" => "unknown").increment(report.unknown);
-    let body = json!({
+    let mut body = json!({
         "id": report.id,
         "delivered": report.delivered,
         "offline": report.offline,
         "unknown": report.unknown,
     });
+    if matches!(req.to, PushTo::Topic(_) | PushTo::All) && presence.is_some() {
+        // Other nodes deliver to their own sessions; their counts are not known here.
+        body["other_nodes"] = json!(nodes);
+    }
     if single && report.delivered == 0 {
         metrics::counter!(m::PUSHES, "kind" => req.kind, "result" => "not_found").increment(1);
-        let mut b = body;
-        b["error"] =
-            json!("device is not online on this node (offline storage is not available yet)");
-        return (StatusCode::NOT_FOUND, Json(b)).into_response();
+        body["error"] = json!("device is not online (offline storage is not available yet)");
+        return (StatusCode::NOT_FOUND, Json(body)).into_response();
     }
     metrics::counter!(m::PUSHES, "kind" => req.kind, "result" => "ok").increment(1);
     Json(body).into_response()

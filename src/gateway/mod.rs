@@ -10,6 +10,7 @@ mod listener;
 mod log_limit;
 mod node;
 mod outbound;
+pub mod push;
 mod read_pool;
 mod readiness;
 mod registry;
@@ -24,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use self::listener::somaxconn;
 pub use self::log_limit::RateLimitedLog;
 pub use self::node::{CoreCommand, DrainReport, Node, PushOutcome, PushTargets, SessionView};
+pub use self::push::{push_local, LocalPush, PushReport, PushTo};
 pub use self::registry::{Location, Registry};
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -159,101 +161,23 @@ fn build_runtime() -> std::io::Result<tokio_uring::Runtime> {
     tokio_uring::Runtime::new(tokio_uring::builder().entries(4096).uring_builder(&uring))
 }
 
-/// Who a push is for, as the push API names them.
-#[derive(Debug, Clone)]
-pub enum PushTo {
-    Devices(Vec<String>),
-    Topic(String),
-    All,
-}
-
-/// What became of a push.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct PushReport {
-    pub id: u64,
-    /// Queued to the socket of a bound session.
-    pub delivered: u64,
-    /// Kept for a device that is offline (needs offline storage: not yet).
-    pub offline: u64,
-    /// Not online on this node (and not kept).
-    pub unknown: u64,
-}
-
 impl Gateway {
     pub fn next_message_id(&self) -> u64 {
         self.next_message_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Encodes the Push frame once and has every core queue it (shared) for
-    /// its own targets; the control plane never walks sessions itself.
+    /// Pushes to targets held by this node (see [`push::push_local`]).
     pub async fn push(
         &self,
         to: PushTo,
         payload: bytes::Bytes,
         ack: bool,
     ) -> Result<PushReport, String> {
-        use crate::protocol::{Body, Frame, Push, FLAG_ACK_REQUIRED};
         let id = self.next_message_id();
-        let frame = Frame {
-            seq: 0,
-            flags: if ack { FLAG_ACK_REQUIRED } else { 0 },
-            body: Body::Push(Push {
-                message_id: id,
-                payload,
-            }),
-        }
-        .to_bytes()
-        .map_err(|e| e.to_string())?;
-        let mut report = PushReport {
-            id,
-            ..PushReport::default()
-        };
-        let mut per_core: Vec<PushTargets> = Vec::new();
-        match to {
-            PushTo::Devices(devices) => {
-                let mut lists: Vec<Vec<(u32, u64)>> = vec![Vec::new(); self.node.cores.len()];
-                for d in &devices {
-                    match self.node.registry.get(d) {
-                        Some(loc) => lists[loc.core as usize].push((loc.slot, loc.session_id)),
-                        None => report.unknown += 1,
-                    }
-                }
-                per_core.extend(lists.into_iter().map(PushTargets::Sessions));
-            }
-            PushTo::Topic(t) => {
-                let t: Arc<str> = t.into();
-                per_core.extend((0..self.node.cores.len()).map(|_| PushTargets::Topic(t.clone())));
-            }
-            PushTo::All => per_core.extend((0..self.node.cores.len()).map(|_| PushTargets::All)),
-        }
-        let mut replies = Vec::new();
-        for (core, targets) in per_core.into_iter().enumerate() {
-            if matches!(&targets, PushTargets::Sessions(l) if l.is_empty()) {
-                continue;
-            }
-            let (reply, rx) = oneshot::channel();
-            let cmd = CoreCommand::Push {
-                targets,
-                frame: frame.clone(),
-                message_id: id,
-                ack,
-                reply,
-            };
-            if self.node.cores[core].send(cmd).is_ok() {
-                replies.push(rx);
-            }
-        }
-        for rx in replies {
-            match tokio::time::timeout(Duration::from_secs(10), rx).await {
-                Ok(Ok(o)) => {
-                    report.delivered += o.delivered;
-                    report.unknown += o.gone;
-                }
-                _ => return Err("a core did not answer in time".into()),
-            }
-        }
-        Ok(report)
+        Ok(push::push_local(&self.node, id, &to, payload, ack)
+            .await?
+            .report)
     }
 
     /// Looks a bound session up on whichever core holds it.

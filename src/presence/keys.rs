@@ -30,6 +30,15 @@ pub fn kick_channel(node: &str) -> String {
     format!("miop:kick:{{{node}}}")
 }
 
+/// Sharded pub/sub channel carrying pushes for devices held by `node`
+/// (same hash tag as its kick channel: one slot, one subscription).
+pub fn push_channel(node: &str) -> String {
+    format!("miop:push:{{{node}}}")
+}
+
+/// Pub/sub channel every node subscribes to: topic pushes and broadcasts.
+pub const FANOUT: &str = "miop:push:all";
+
 /// A session as stored in Redis: unique across restarts of a node.
 pub fn session_tag(incarnation: &str, session_id: u64) -> String {
     format!("{incarnation}-{session_id:x}")

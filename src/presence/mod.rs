@@ -8,4 +8,4 @@ mod pending;
 mod redis;
 
 pub use pending::PendingChanges;
-pub use redis::{Consistency, PresenceEntry, RedisPresence, RedisSettings};
+pub use redis::{Consistency, PresenceEntry, RedisPresence, RedisSettings, RoutedPush};

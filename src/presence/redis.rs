@@ -415,9 +415,15 @@ impl RedisPresence {
     /// meanwhile, and a reconciliation follows to repair kicks missed while
     /// unsubscribed.
     async fn subscribe_kicks(&self) {
-        let channel = keys::kick_channel(self.me());
+        // The kick and push channels share this node's hash tag (one slot).
+        let channels = vec![keys::kick_channel(self.me()), keys::push_channel(self.me())];
         let mut wait = Duration::from_millis(100);
-        while let Err(e) = self.subscriber.ssubscribe(channel.clone()).await {
+        while let Err(e) = async {
+            self.subscriber.ssubscribe(channels.clone()).await?;
+            self.subscriber.subscribe(keys::FANOUT).await
+        }
+        .await
+        {
             tracing::debug!(error = %e, "kick channel subscription pending");
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(5));
@@ -446,6 +452,10 @@ impl RedisPresence {
             let Some(text) = msg.value.as_string() else {
                 continue;
             };
+            if &*msg.channel != keys::kick_channel(self.me()).as_str() {
+                self.deliver_routed(&text);
+                continue;
+            }
             let Some((device, sid)) = text.split_once('\n') else {
                 continue;
             };
@@ -761,5 +771,139 @@ impl RedisPresence {
             node_alive: alive > 0,
             local,
         }))
+    }
+
+    // ----- pushes between nodes ---------------------------------------------
+
+    /// Routes a push for devices not held here to the nodes Redis says hold
+    /// them. Returns how many devices were routed.
+    pub async fn route(&self, message: &RoutedPush, devices: Vec<String>) -> Fred<u64> {
+        let mut by_node: std::collections::HashMap<String, Vec<String>> =
+            std::collections::HashMap::new();
+        for chunk in devices.chunks(BATCH) {
+            let holders = join_all(chunk.iter().map(|d| {
+                self.client
+                    .hget::<Option<String>, _, _>(keys::device(d), "node")
+            }))
+            .await;
+            for (d, h) in chunk.iter().zip(holders) {
+                if let Some(node) = h? {
+                    if node != self.me() {
+                        by_node.entry(node).or_default().push(d.clone());
+                    }
+                }
+            }
+        }
+        let mut routed = 0;
+        for (node, devices) in by_node {
+            let n = devices.len() as u64;
+            let msg = RoutedPush {
+                devices: Some(devices),
+                ..message.clone()
+            };
+            let _: i64 = self
+                .client
+                .spublish(keys::push_channel(&node), msg.to_json())
+                .await?;
+            routed += n;
+        }
+        metrics::counter!(m::PUSHES_ROUTED, "kind" => "devices").increment(routed);
+        Ok(routed)
+    }
+
+    /// Sends a topic push or a broadcast to every other node. Returns how many
+    /// other nodes were listening.
+    pub async fn fan_out(&self, message: &RoutedPush) -> Fred<u64> {
+        let receivers: i64 = self.client.publish(keys::FANOUT, message.to_json()).await?;
+        let others = (receivers.max(1) - 1) as u64; // this node hears it too
+        metrics::counter!(m::PUSHES_ROUTED, "kind" => "fanout").increment(1);
+        Ok(others)
+    }
+
+    /// A push published by another node: deliver it to our own targets.
+    fn deliver_routed(&self, text: &str) {
+        let msg: RoutedPush = match serde_json::from_str(text) {
+            Ok(m) => m,
+            Err(e) => return self.warn("ignoring a malformed routed push", &e),
+        };
+        if msg.origin == self.me() {
+            return; // our own fan-out, already delivered locally
+        }
+        let Some(to) = msg.target() else { return };
+        let payload = match base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            &msg.payload_b64,
+        ) {
+            Ok(p) => bytes::Bytes::from(p),
+            Err(e) => return self.warn("ignoring a routed push with a bad payload", &e),
+        };
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            match crate::gateway::push_local(&node, msg.id, &to, payload, msg.ack).await {
+                Ok(r) => {
+                    metrics::counter!(m::PUSH_RECIPIENTS, "outcome" => "delivered")
+                        .increment(r.report.delivered);
+                }
+                Err(e) => tracing::warn!(error = %e, "routed push not delivered"),
+            }
+        });
+    }
+}
+
+/// A push travelling between nodes over Redis pub/sub (JSON).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RoutedPush {
+    pub id: u64,
+    pub ack: bool,
+    pub payload_b64: String,
+    /// Node that accepted the push.
+    pub origin: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// Every session.
+    #[serde(default)]
+    pub all: bool,
+}
+
+impl RoutedPush {
+    pub fn new(
+        id: u64,
+        ack: bool,
+        payload: &[u8],
+        origin: &str,
+        to: &crate::gateway::PushTo,
+    ) -> RoutedPush {
+        use crate::gateway::PushTo;
+        RoutedPush {
+            id,
+            ack,
+            payload_b64: base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                payload,
+            ),
+            origin: origin.to_owned(),
+            devices: None,
+            topic: match to {
+                PushTo::Topic(t) => Some(t.clone()),
+                _ => None,
+            },
+            all: matches!(to, PushTo::All),
+        }
+    }
+
+    fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("routed push serializes")
+    }
+
+    fn target(&self) -> Option<crate::gateway::PushTo> {
+        use crate::gateway::PushTo;
+        match (&self.devices, &self.topic, self.all) {
+            (Some(d), None, false) => Some(PushTo::Devices(d.clone())),
+            (None, Some(t), false) => Some(PushTo::Topic(t.clone())),
+            (None, None, true) => Some(PushTo::All),
+            _ => None,
+        }
     }
 }
