@@ -26,6 +26,9 @@ pub const PUSHES: &str = "miop_pushes_total";
 pub const PUSH_RECIPIENTS: &str = "miop_push_recipients_total";
 pub const PUSH_ACK_LATENCY: &str = "miop_push_ack_latency_seconds";
 pub const PUSHES_ROUTED: &str = "miop_pushes_routed_total";
+pub const OFFLINE_STORED: &str = "miop_offline_messages_stored_total";
+pub const OFFLINE_DELIVERED: &str = "miop_offline_messages_delivered_total";
+pub const OFFLINE_EXPIRED: &str = "miop_offline_messages_expired_total";
 pub const REDIS_UP: &str = "miop_redis_up";
 pub const REDIS_RECONNECTS: &str = "miop_redis_reconnects_total";
 pub const PRESENCE_QUEUE: &str = "miop_presence_queue_depth";
@@ -100,6 +103,18 @@ pub fn install() -> Result<PrometheusHandle, String> {
         "The process's file descriptor limit after start-up."
     );
     describe_counter!(PUSHES, "Push API requests, by target kind and result.");
+    describe_counter!(
+        OFFLINE_STORED,
+        "Messages kept in Redis for offline devices (one per device)."
+    );
+    describe_counter!(
+        OFFLINE_DELIVERED,
+        "Kept messages delivered when their device bound."
+    );
+    describe_counter!(
+        OFFLINE_EXPIRED,
+        "Kept messages dropped because their TTL passed before the device bound."
+    );
     describe_counter!(
         PUSHES_ROUTED,
         "Pushes sent to other nodes through Redis: devices routed, and topic/broadcast fan-outs."

@@ -211,9 +211,21 @@ pub async fn handle(
         match &req.to {
             PushTo::Devices(_) if !local.not_here.is_empty() => {
                 match p.route(&msg, local.not_here).await {
-                    Ok(n) => {
-                        report.delivered += n;
-                        report.unknown -= n;
+                    Ok((routed, nowhere)) => {
+                        report.delivered += routed;
+                        report.unknown -= routed;
+                        // Online nowhere: keep it for them if the push has a TTL.
+                        if let Some(ttl) = req.ttl.filter(|t| *t > 0 && !nowhere.is_empty()) {
+                            match p.store_offline(&msg, ttl, &nowhere).await {
+                                Ok(n) => {
+                                    report.offline += n;
+                                    report.unknown -= n;
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "cannot keep an offline message")
+                                }
+                            }
+                        }
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot route a push through Redis"),
                 }
@@ -238,9 +250,13 @@ pub async fn handle(
         // Other nodes deliver to their own sessions; their counts are not known here.
         body["other_nodes"] = json!(nodes);
     }
-    if single && report.delivered == 0 {
+    if single && report.delivered == 0 && report.offline == 0 {
         metrics::counter!(m::PUSHES, "kind" => req.kind, "result" => "not_found").increment(1);
-        body["error"] = json!("device is not online (offline storage is not available yet)");
+        body["error"] = json!(if presence.is_some() {
+            "device is not online (give a \"ttl\" to keep the message until it binds)"
+        } else {
+            "device is not online on this node (offline storage needs --redis)"
+        });
         return (StatusCode::NOT_FOUND, Json(body)).into_response();
     }
     metrics::counter!(m::PUSHES, "kind" => req.kind, "result" => "ok").increment(1);

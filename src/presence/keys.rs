@@ -39,6 +39,32 @@ pub fn push_channel(node: &str) -> String {
 /// Pub/sub channel every node subscribes to: topic pushes and broadcasts.
 pub const FANOUT: &str = "miop:push:all";
 
+/// Messages kept for an offline device: LIST of JSON entries, oldest first,
+/// bounded; the list expires some time after its longest-lived message.
+pub fn offline(device_id: &str) -> String {
+    format!("miop:offline:{device_id}")
+}
+
+/// Appends an offline message, keeps the newest ARGV[2], and extends the
+/// list's expiry to ARGV[3] ms if that is longer. KEYS[1] = offline key;
+/// ARGV = entry, max entries, ttl ms. Returns the list length.
+pub const STORE_OFFLINE: &str = r#"
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return redis.call('LLEN', KEYS[1])
+"#;
+
+/// Takes (reads and deletes) every offline message of a device, oldest first.
+/// KEYS[1] = offline key.
+pub const TAKE_OFFLINE: &str = r#"
+local v = redis.call('LRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+return v
+"#;
+
 /// A session as stored in Redis: unique across restarts of a node.
 pub fn session_tag(incarnation: &str, session_id: u64) -> String {
     format!("{incarnation}-{session_id:x}")

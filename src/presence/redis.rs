@@ -61,6 +61,8 @@ pub struct RedisPresence {
     /// The node holds its lease: entries written before it would look like a
     /// dead node's to the others.
     leased: AtomicBool,
+    /// A handle to this value for tasks spawned from `&self` methods.
+    self_ref: std::sync::OnceLock<std::sync::Weak<RedisPresence>>,
     log: std::sync::Mutex<RateLimitedLog>,
 }
 
@@ -152,8 +154,10 @@ impl RedisPresence {
             needs_reconcile: AtomicBool::new(true),
             subscribed: AtomicBool::new(false),
             leased: AtomicBool::new(false),
+            self_ref: std::sync::OnceLock::new(),
             log: std::sync::Mutex::new(RateLimitedLog::new(Duration::from_secs(10))),
         });
+        let _ = this.self_ref.set(Arc::downgrade(&this));
         this.client.connect();
         this.subscriber.connect();
         // Not fred's manage_subscriptions(): in fred 10.1 its resubscribe_all()
@@ -330,6 +334,7 @@ impl RedisPresence {
         let mut failed = Vec::new();
         let mut first_err = None;
         let (mut add, mut remove, mut kicks) = (Vec::new(), Vec::new(), Vec::new());
+        let mut came_online = Vec::new();
         for ((device, loc), result) in batch.into_iter().zip(held).zip(results) {
             match result {
                 Err(e) => {
@@ -337,6 +342,9 @@ impl RedisPresence {
                     failed.push(device);
                 }
                 Ok(Some((true, prev_node, prev_sid))) => {
+                    if loc.is_some() {
+                        came_online.push(device.to_string());
+                    }
                     if !prev_node.is_empty() && prev_node != me {
                         kicks.push((prev_node, format!("{device}\n{prev_sid}")));
                     }
@@ -383,6 +391,11 @@ impl RedisPresence {
             }
         }
         metrics::histogram!(m::PRESENCE_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+        if !came_online.is_empty() {
+            if let Some(me) = self.self_ref.get().and_then(|w| w.upgrade()) {
+                tokio::spawn(me.deliver_offline(came_online));
+            }
+        }
         if let Some(e) = first_err {
             metrics::counter!(m::PRESENCE_WRITES, "result" => "error")
                 .increment(failed.len() as u64);
@@ -777,7 +790,12 @@ impl RedisPresence {
 
     /// Routes a push for devices not held here to the nodes Redis says hold
     /// them. Returns how many devices were routed.
-    pub async fn route(&self, message: &RoutedPush, devices: Vec<String>) -> Fred<u64> {
+    pub async fn route(
+        &self,
+        message: &RoutedPush,
+        devices: Vec<String>,
+    ) -> Fred<(u64, Vec<String>)> {
+        let mut nowhere = Vec::new();
         let mut by_node: std::collections::HashMap<String, Vec<String>> =
             std::collections::HashMap::new();
         for chunk in devices.chunks(BATCH) {
@@ -787,10 +805,11 @@ impl RedisPresence {
             }))
             .await;
             for (d, h) in chunk.iter().zip(holders) {
-                if let Some(node) = h? {
-                    if node != self.me() {
-                        by_node.entry(node).or_default().push(d.clone());
+                match h? {
+                    Some(node) if node != self.me() => {
+                        by_node.entry(node).or_default().push(d.clone())
                     }
+                    _ => nowhere.push(d.clone()),
                 }
             }
         }
@@ -808,7 +827,7 @@ impl RedisPresence {
             routed += n;
         }
         metrics::counter!(m::PUSHES_ROUTED, "kind" => "devices").increment(routed);
-        Ok(routed)
+        Ok((routed, nowhere))
     }
 
     /// Sends a topic push or a broadcast to every other node. Returns how many
@@ -847,6 +866,133 @@ impl RedisPresence {
                 Err(e) => tracing::warn!(error = %e, "routed push not delivered"),
             }
         });
+    }
+}
+
+/// A message kept in Redis for an offline device (JSON list entry).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+struct OfflineEntry {
+    id: u64,
+    ack: bool,
+    /// Expiry, unix ms.
+    exp_ms: u64,
+    payload_b64: String,
+}
+
+/// Most messages kept per offline device (the oldest are dropped first).
+pub const MAX_OFFLINE_PER_DEVICE: usize = 100;
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl RedisPresence {
+    /// Keeps a push for devices that are online nowhere, for `ttl_secs`.
+    pub async fn store_offline(
+        &self,
+        message: &RoutedPush,
+        ttl_secs: u64,
+        devices: &[String],
+    ) -> Fred<u64> {
+        let ttl_ms = ttl_secs.max(1) * 1000;
+        // The list outlives its messages (2 × TTL, at least TTL + 60 s), so a
+        // device that comes back finds its expired messages and they are
+        // counted; lists of devices that never return expire by themselves.
+        let keep_ms = (ttl_ms * 2).max(ttl_ms + 60_000);
+        let entry = serde_json::to_string(&OfflineEntry {
+            id: message.id,
+            ack: message.ack,
+            exp_ms: unix_ms() + ttl_ms,
+            payload_b64: message.payload_b64.clone(),
+        })
+        .expect("offline entry serializes");
+        let results = join_all(devices.iter().map(|d| {
+            self.client.eval::<i64, _, _, _>(
+                keys::STORE_OFFLINE,
+                keys::offline(d),
+                vec![
+                    entry.clone(),
+                    MAX_OFFLINE_PER_DEVICE.to_string(),
+                    keep_ms.to_string(),
+                ],
+            )
+        }))
+        .await;
+        let mut stored = 0;
+        for r in results {
+            r?;
+            stored += 1;
+        }
+        metrics::counter!(m::OFFLINE_STORED).increment(stored);
+        Ok(stored)
+    }
+
+    /// Delivers, in order, what was kept for devices that just came online
+    /// here. Expired messages are dropped and counted; if the session is gone
+    /// again before delivery, the rest goes back to Redis.
+    async fn deliver_offline(self: Arc<Self>, devices: Vec<String>) {
+        for device in devices {
+            let taken: Fred<Vec<String>> = self
+                .client
+                .eval(
+                    keys::TAKE_OFFLINE,
+                    keys::offline(&device),
+                    Vec::<String>::new(),
+                )
+                .await;
+            let entries = match taken {
+                Ok(e) => e,
+                Err(e) => {
+                    self.warn("cannot fetch offline messages", &e);
+                    continue;
+                }
+            };
+            let now = unix_ms();
+            let mut rest = entries.iter();
+            while let Some(raw) = rest.next() {
+                let Ok(entry) = serde_json::from_str::<OfflineEntry>(raw) else {
+                    continue;
+                };
+                if entry.exp_ms <= now {
+                    metrics::counter!(m::OFFLINE_EXPIRED).increment(1);
+                    continue;
+                }
+                let Ok(payload) = base64::Engine::decode(
+                    &base64::engine::general_purpose::STANDARD,
+                    &entry.payload_b64,
+                ) else {
+                    continue;
+                };
+                let to = crate::gateway::PushTo::Devices(vec![device.clone()]);
+                match crate::gateway::push_local(
+                    &self.node,
+                    entry.id,
+                    &to,
+                    payload.into(),
+                    entry.ack,
+                )
+                .await
+                {
+                    Ok(r) if r.report.delivered > 0 => {
+                        metrics::counter!(m::OFFLINE_DELIVERED).increment(1);
+                    }
+                    _ => {
+                        // Gone again: keep this one and the rest, in order.
+                        let back: Vec<String> = std::iter::once(raw).chain(rest).cloned().collect();
+                        let _: Fred<i64> = self
+                            .client
+                            .lpush(
+                                keys::offline(&device),
+                                back.into_iter().rev().collect::<Vec<_>>(),
+                            )
+                            .await;
+                        break;
+                    }
+                }
+            }
+        }
     }
 }
 
