@@ -96,10 +96,9 @@ async fn outage_keeps_sessions_and_converges(pause: bool) {
     clients.extend(fleet(&gw, "out", 2000, 500).await);
     let leaving: Vec<Client> = clients.drain(..100).collect();
     drop(leaving);
-    wait_until(CONVERGE, "presence degrades while Redis is away", || {
-        gw.metric("miop_redis_up") == Some(0.0)
-            || gw.metric("miop_presence_queue_depth").unwrap_or(0.0) > 0.0
-    });
+    // The node notices: a killed Redis closes the connection; a paused one
+    // stops answering (detected after two failed commands, > 2 timeouts).
+    wait_until(CONVERGE, "Redis seen as down", || gw.metric("miop_redis_up") == Some(0.0));
     let (_, health) = gw.get("/healthz");
     assert!(health.contains("\"status\":\"ok\""), "{health}");
     all_alive(&mut clients).await;
@@ -111,6 +110,8 @@ async fn outage_keeps_sessions_and_converges(pause: bool) {
     }
     converged(&gw, 2400);
     assert_eq!(redis.device_entries(), 2400);
+    assert_eq!(gw.metric("miop_redis_up"), Some(1.0));
+    assert!(gw.metric("miop_presence_reconciliations_total").unwrap() >= 2.0, "reconciled after the outage");
     all_alive(&mut clients).await;
     assert_eq!(gw.metric("miop_sessions"), Some(2400.0));
     assert_eq!(
@@ -308,4 +309,19 @@ async fn cross_node_kicks_still_work_after_a_redis_restart() {
     );
     on_b.ping().await.unwrap();
     converged(&b, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_with_sigterm_withdraws_its_presence_at_once() {
+    let redis = Redis::start();
+    let mut a = node(&redis, "A", &[]);
+    let _clients = fleet(&a, "bye", 0, 200).await;
+    converged(&a, 200);
+    assert_eq!(redis.cli(&["EXISTS", "miop:node:{A}:lease"]).trim(), "1");
+    a.signal(Signal::SIGTERM);
+    assert!(a.wait_exit(Duration::from_secs(20)).expect("exited").success());
+    // Gone right away, not after the lease (3 s) lapses and another node cleans up.
+    assert_eq!(redis.device_entries(), 0);
+    assert_eq!(redis.cli(&["EXISTS", "miop:node:{A}:lease"]).trim(), "0");
+    assert!(!redis.cli(&["SMEMBERS", "miop:nodes"]).contains('A'));
 }

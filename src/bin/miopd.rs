@@ -131,6 +131,7 @@ fn run(config: Config) -> Result<(), String> {
             }
             _ => None,
         };
+        let presence_handle = presence.clone();
         let state = AdminState {
             gateway: gw.clone(),
             metrics: metrics.clone(),
@@ -166,6 +167,9 @@ fn run(config: Config) -> Result<(), String> {
             "draining"
         );
         let report = gw.drain().await;
+        if let Some(p) = &presence_handle {
+            p.withdraw(Duration::from_secs(3)).await;
+        }
         tracing::info!(
             closed = report.closed,
             forced = report.forced,

@@ -22,6 +22,8 @@ pub struct PendingChanges {
     len: AtomicUsize,
     cap: usize,
     overflowed: AtomicBool,
+    /// Shard where the next `take` starts, so no shard waits behind others.
+    cursor: AtomicUsize,
     /// Since when the set has been non-empty (the age of the oldest change).
     backlog_since: Mutex<Option<Instant>>,
     /// Wakes the writer.
@@ -37,6 +39,7 @@ impl PendingChanges {
             len: AtomicUsize::new(0),
             cap,
             overflowed: AtomicBool::new(false),
+            cursor: AtomicUsize::new(0),
             backlog_since: Mutex::new(None),
             notify: tokio::sync::Notify::new(),
         }
@@ -81,7 +84,9 @@ impl PendingChanges {
     /// Takes up to `max` dirty devices.
     pub fn take(&self, max: usize) -> Vec<Box<str>> {
         let mut out = Vec::with_capacity(max.min(self.len()));
-        for shard in self.shards.iter() {
+        let n_shards = self.shards.len();
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        for shard in (0..n_shards).map(|i| &self.shards[(start + i) % n_shards]) {
             if out.len() >= max {
                 break;
             }

@@ -63,6 +63,13 @@ pub struct RedisPresence {
     leased: AtomicBool,
     /// A handle to this value for tasks spawned from `&self` methods.
     self_ref: std::sync::OnceLock<std::sync::Weak<RedisPresence>>,
+    /// Commands failed in a row (timeouts of a hung server, errors). fred
+    /// judges a connection unresponsive by the time since its last write,
+    /// which our own retries keep short, so a hung server is detected here.
+    failures: std::sync::atomic::AtomicU32,
+    /// A second reconciliation after a lapsed lease, once any cleanup that
+    /// other nodes started against this node has finished.
+    reconcile_again_at: std::sync::Mutex<Option<Instant>>,
     log: std::sync::Mutex<RateLimitedLog>,
 }
 
@@ -155,6 +162,8 @@ impl RedisPresence {
             subscribed: AtomicBool::new(false),
             leased: AtomicBool::new(false),
             self_ref: std::sync::OnceLock::new(),
+            failures: std::sync::atomic::AtomicU32::new(0),
+            reconcile_again_at: std::sync::Mutex::new(None),
             log: std::sync::Mutex::new(RateLimitedLog::new(Duration::from_secs(10))),
         });
         let _ = this.self_ref.set(Arc::downgrade(&this));
@@ -214,6 +223,28 @@ impl RedisPresence {
             .warn(|suppressed| tracing::warn!(error = %e, suppressed, "{what}"));
     }
 
+    /// A Redis command succeeded: the server answers.
+    fn succeeded(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+    }
+
+    /// A Redis command failed. After two in a row the server is treated as
+    /// down (it may be hung with its connection open): the connection is
+    /// re-established, and the reconnect triggers a reconciliation.
+    fn failed(&self) {
+        if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= 2
+            && self.up.swap(false, Ordering::Relaxed)
+        {
+            metrics::gauge!(m::REDIS_UP).set(0.0);
+            tracing::warn!("Redis does not answer; reconnecting (sessions are unaffected, presence changes queue)");
+            self.needs_reconcile.store(true, Ordering::Relaxed);
+            let client = self.client.clone();
+            tokio::spawn(async move {
+                let _ = client.force_reconnection().await;
+            });
+        }
+    }
+
     /// Health details for /healthz.
     pub fn status(&self) -> serde_json::Value {
         serde_json::json!({
@@ -236,7 +267,7 @@ impl RedisPresence {
             }
             metrics::gauge!(m::PRESENCE_QUEUE).set(self.pending.len() as f64);
             metrics::gauge!(m::PRESENCE_LAG).set(self.pending.lag_seconds());
-            let connected = self.client.is_connected();
+            let connected = self.client.is_connected() && self.failures.load(Ordering::Relaxed) < 2;
             if connected != self.up.swap(connected, Ordering::Relaxed) {
                 metrics::gauge!(m::REDIS_UP).set(if connected { 1.0 } else { 0.0 });
                 if connected {
@@ -266,10 +297,14 @@ impl RedisPresence {
                 self.needs_reconcile.store(true, Ordering::Relaxed);
             }
             if self.needs_reconcile.swap(false, Ordering::Relaxed) {
-                if let Err(e) = self.reconcile().await {
-                    self.needs_reconcile.store(true, Ordering::Relaxed);
-                    self.warn("presence reconciliation failed; will retry", &e);
-                    continue;
+                match self.reconcile().await {
+                    Ok(()) => self.succeeded(),
+                    Err(e) => {
+                        // Retried on the next wake; the batches below still go.
+                        self.needs_reconcile.store(true, Ordering::Relaxed);
+                        self.failed();
+                        self.warn("presence reconciliation failed; will retry", &e);
+                    }
                 }
             }
             loop {
@@ -277,9 +312,13 @@ impl RedisPresence {
                 if batch.is_empty() {
                     break;
                 }
-                if let Err(e) = self.write_batch(batch).await {
-                    self.warn("presence write failed; changes requeued", &e);
-                    break;
+                match self.write_batch(batch).await {
+                    Ok(()) => self.succeeded(),
+                    Err(e) => {
+                        self.failed();
+                        self.warn("presence write failed; changes requeued", &e);
+                        break;
+                    }
                 }
             }
             metrics::gauge!(m::PRESENCE_QUEUE).set(self.pending.len() as f64);
@@ -308,6 +347,8 @@ impl RedisPresence {
                 .sadd::<i64, _, _>(keys::node_devices(&me), joining)
                 .await
             {
+                metrics::counter!(m::PRESENCE_WRITES, "result" => "error")
+                    .increment(batch.len() as u64);
                 self.pending.requeue(batch);
                 return Err(e);
             }
@@ -381,13 +422,13 @@ impl RedisPresence {
             self.needs_reconcile.store(true, Ordering::Relaxed);
         }
         for (node, msg) in kicks {
-            metrics::counter!(m::REMOTE_KICKS, "direction" => "sent").increment(1);
-            if let Err(e) = self
+            match self
                 .client
                 .spublish::<i64, _, _>(keys::kick_channel(&node), msg)
                 .await
             {
-                self.warn("cannot publish a kick to another node", &e);
+                Ok(_) => metrics::counter!(m::REMOTE_KICKS, "direction" => "sent").increment(1),
+                Err(e) => self.warn("cannot publish a kick to another node", &e),
             }
         }
         metrics::histogram!(m::PRESENCE_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
@@ -495,8 +536,12 @@ impl RedisPresence {
         loop {
             let refreshed = if self.client.is_connected() {
                 match self.refresh_lease().await {
-                    Ok(()) => true,
+                    Ok(()) => {
+                        self.succeeded();
+                        true
+                    }
                     Err(e) => {
+                        self.failed();
                         self.warn("cannot refresh the node lease", &e);
                         false
                     }
@@ -520,7 +565,17 @@ impl RedisPresence {
         let mut last_reconcile = Instant::now();
         loop {
             tokio::time::sleep(every).await;
-            if last_reconcile.elapsed() >= RECONCILE_EVERY {
+            let again = {
+                let mut at = self.reconcile_again_at.lock().unwrap();
+                match *at {
+                    Some(t) if Instant::now() >= t => {
+                        *at = None;
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if again || last_reconcile.elapsed() >= RECONCILE_EVERY {
                 last_reconcile = Instant::now();
                 self.needs_reconcile.store(true, Ordering::Relaxed);
                 self.pending.notify.notify_one();
@@ -555,6 +610,12 @@ impl RedisPresence {
             }
             self.needs_reconcile.store(true, Ordering::Relaxed);
             self.pending.notify.notify_one();
+            if self.ever_up.load(Ordering::Relaxed) {
+                // Another node may be purging our entries right now; check
+                // again once any such cleanup is over.
+                *self.reconcile_again_at.lock().unwrap() =
+                    Some(Instant::now() + self.settings.lease_ttl * 2);
+            }
         }
         let _: i64 = self.client.sadd(keys::NODES, self.me()).await?;
         if !self.leased.swap(true, Ordering::Relaxed) {
@@ -587,6 +648,12 @@ impl RedisPresence {
             let devices: Vec<String> = self.client.smembers(keys::node_devices(&node)).await?;
             let mut purged = 0u64;
             for chunk in devices.chunks(BATCH) {
+                // Stop as soon as the node is back: its reconciliation owns
+                // its entries again.
+                let back: i64 = self.client.exists(keys::lease(&node)).await?;
+                if back > 0 {
+                    break;
+                }
                 let results = join_all(chunk.iter().map(|d| {
                     self.client.eval::<i64, _, _, _>(
                         keys::PURGE,
@@ -866,6 +933,47 @@ impl RedisPresence {
                 Err(e) => tracing::warn!(error = %e, "routed push not delivered"),
             }
         });
+    }
+}
+
+impl RedisPresence {
+    /// On graceful shutdown, after the drain: writes the last changes, then
+    /// removes whatever is left in this node's name and its lease, so other
+    /// nodes need not wait for the lease to lapse. Bounded by `limit`.
+    pub async fn withdraw(&self, limit: Duration) {
+        let work = async {
+            while !self.pending.is_empty() {
+                self.pending.notify.notify_one();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let me = self.me().to_owned();
+            let devices: Vec<String> = self.client.smembers(keys::node_devices(&me)).await?;
+            for chunk in devices.chunks(BATCH) {
+                for r in join_all(chunk.iter().map(|d| {
+                    self.client
+                        .eval::<i64, _, _, _>(keys::PURGE, keys::device(d), vec![me.clone()])
+                }))
+                .await
+                {
+                    r?;
+                }
+            }
+            let _: i64 = self
+                .client
+                .del(vec![keys::node_devices(&me), keys::lease(&me)])
+                .await?;
+            let _: i64 = self.client.srem(keys::NODES, me.as_str()).await?;
+            Ok::<usize, fred::error::Error>(devices.len())
+        };
+        match tokio::time::timeout(limit, work).await {
+            Ok(Ok(left)) => tracing::info!(purged = left, "presence withdrawn from Redis"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not withdraw presence; other nodes will clean it after the lease")
+            }
+            Err(_) => tracing::warn!(
+                "presence withdrawal timed out; other nodes will clean it after the lease"
+            ),
+        }
     }
 }
 
