@@ -480,3 +480,60 @@ fn ctrl_c_stops_closes_every_connection_and_still_reports() {
         Some(100.0)
     );
 }
+
+#[test]
+fn push_mode_drives_the_push_api_and_measures_delivery() {
+    let gw = Miopd::start(&["--cores", "2", "--push-token", "tok"]);
+    let json = json_path("push");
+    let api = format!("http://{}", gw.admin);
+    let out = bench(&[
+        &url(&gw, "pm"),
+        "-t",
+        "2",
+        "-c",
+        "100",
+        "-d",
+        "3s",
+        "--push-rate",
+        "5/s",
+        "--push-api",
+        &api,
+        "--push-token",
+        "tok",
+        "--push-size",
+        "200",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let r = report(&out, &json);
+    let s = &r.summary;
+    assert!(s.push_requests >= 2, "{s:?}");
+    assert_eq!(s.push_errors, 0);
+    // Every broadcast reached all 100 sessions, and every delivery was seen
+    // and timed by a connection.
+    assert_eq!(s.push_recipients, s.push_requests * 100);
+    assert_eq!(s.counters.pushes, s.push_recipients);
+    assert_eq!(s.latency["push"].count, s.counters.pushes);
+    wait_until(Duration::from_secs(10), "acks measured", || {
+        gw.metric("miop_push_ack_latency_seconds_count") == Some(s.push_recipients as f64)
+    });
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Push API:"));
+    // A wrong token is reported, not hidden.
+    let out = bench(&[
+        &url(&gw, "pm2"),
+        "-t",
+        "1",
+        "-c",
+        "5",
+        "-d",
+        "2s",
+        "--push-rate",
+        "5/s",
+        "--push-api",
+        &api,
+        "--push-token",
+        "bad",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("HTTP 403"), "{stderr}");
+}

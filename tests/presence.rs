@@ -98,7 +98,9 @@ async fn outage_keeps_sessions_and_converges(pause: bool) {
     drop(leaving);
     // The node notices: a killed Redis closes the connection; a paused one
     // stops answering (detected after two failed commands, > 2 timeouts).
-    wait_until(CONVERGE, "Redis seen as down", || gw.metric("miop_redis_up") == Some(0.0));
+    wait_until(CONVERGE, "Redis seen as down", || {
+        gw.metric("miop_redis_up") == Some(0.0)
+    });
     let (_, health) = gw.get("/healthz");
     assert!(health.contains("\"status\":\"ok\""), "{health}");
     all_alive(&mut clients).await;
@@ -111,7 +113,10 @@ async fn outage_keeps_sessions_and_converges(pause: bool) {
     converged(&gw, 2400);
     assert_eq!(redis.device_entries(), 2400);
     assert_eq!(gw.metric("miop_redis_up"), Some(1.0));
-    assert!(gw.metric("miop_presence_reconciliations_total").unwrap() >= 2.0, "reconciled after the outage");
+    assert!(
+        gw.metric("miop_presence_reconciliations_total").unwrap() >= 2.0,
+        "reconciled after the outage"
+    );
     all_alive(&mut clients).await;
     assert_eq!(gw.metric("miop_sessions"), Some(2400.0));
     assert_eq!(
@@ -319,7 +324,10 @@ async fn a_node_stopped_with_sigterm_withdraws_its_presence_at_once() {
     converged(&a, 200);
     assert_eq!(redis.cli(&["EXISTS", "miop:node:{A}:lease"]).trim(), "1");
     a.signal(Signal::SIGTERM);
-    assert!(a.wait_exit(Duration::from_secs(20)).expect("exited").success());
+    assert!(a
+        .wait_exit(Duration::from_secs(20))
+        .expect("exited")
+        .success());
     // Gone right away, not after the lease (3 s) lapses and another node cleans up.
     assert_eq!(redis.device_entries(), 0);
     assert_eq!(redis.cli(&["EXISTS", "miop:node:{A}:lease"]).trim(), "0");

@@ -111,6 +111,29 @@ pub struct BenchArgs {
     #[arg(long, default_value = "0.01")]
     pub max_error_rate: f64,
 
+    /// Push load: requests per second to the push API (e.g. 10/s), started
+    /// once every connection is bound. Payloads carry their send time, so the
+    /// connections measure delivery latency.
+    #[arg(long, value_parser = parse_rate)]
+    pub push_rate: Option<f64>,
+
+    /// The gateway's admin API for --push-rate.
+    #[arg(long, default_value = "http://127.0.0.1:7701")]
+    pub push_api: String,
+
+    /// Bearer token of the push API.
+    #[arg(long, env = "MIOP_PUSH_TOKEN", hide_env_values = true)]
+    pub push_token: Option<String>,
+
+    /// What each push targets: all (broadcast), device (a random device of
+    /// this run), or topic:NAME.
+    #[arg(long, default_value = "all")]
+    pub push_to: String,
+
+    /// Payload bytes per push (at least the timestamp).
+    #[arg(long, default_value = "64", value_parser = parse_count_or_zero)]
+    pub push_size: u64,
+
     /// Seconds between progress lines (0 = none).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub progress: Duration,
@@ -175,6 +198,26 @@ pub struct Plan {
     pub step_duration: Duration,
     pub churn_rate: f64,
     pub max_error_rate: f64,
+    pub push: Option<PushPlan>,
+}
+
+/// Push load settings (miop-bench drives the gateway's push API).
+#[derive(Debug, Clone)]
+pub struct PushPlan {
+    pub rate: f64,
+    /// host:port of the admin API.
+    pub api: String,
+    pub token: Option<String>,
+    pub target: PushTarget,
+    pub size: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushTarget {
+    All,
+    /// A random device of the run, each push.
+    Device,
+    Topic(String),
 }
 
 impl Plan {
@@ -267,7 +310,35 @@ impl Plan {
             (_, Some(_)) => return Err("--churn-rate only applies to --scenario churn".into()),
             (_, None) => 0.0,
         };
+        let push = match a.push_rate {
+            None => None,
+            Some(rate) if rate <= 0.0 => return Err("--push-rate must be positive".into()),
+            Some(rate) => {
+                let api = a
+                    .push_api
+                    .strip_prefix("http://")
+                    .ok_or_else(|| format!("--push-api {:?} must be an http:// URL", a.push_api))?
+                    .trim_end_matches('/')
+                    .to_owned();
+                let target = match a.push_to.as_str() {
+                    "all" => PushTarget::All,
+                    "device" => PushTarget::Device,
+                    t => match t.strip_prefix("topic:") {
+                        Some(name) if !name.is_empty() => PushTarget::Topic(name.to_owned()),
+                        _ => return Err(format!("--push-to {t:?}: use all, device or topic:NAME")),
+                    },
+                };
+                Some(PushPlan {
+                    rate,
+                    api,
+                    token: a.push_token.clone(),
+                    target,
+                    size: a.push_size as usize,
+                })
+            }
+        };
         Ok(Plan {
+            push,
             url,
             targets,
             sources,

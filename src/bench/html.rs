@@ -1131,6 +1131,9 @@ mod tests {
             latency: BTreeMap::new(),
             steps: Vec::new(),
             interrupted: None,
+            push_requests: 0,
+            push_errors: 0,
+            push_recipients: 0,
         }
     }
 

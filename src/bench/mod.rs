@@ -7,6 +7,7 @@ pub mod cli;
 pub mod engine;
 pub mod fleet;
 pub mod html;
+pub mod pusher;
 pub mod report;
 pub mod run;
 pub mod script;

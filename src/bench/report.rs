@@ -60,6 +60,14 @@ pub struct Summary {
     pub steps: Vec<StepSummary>,
     /// Set when the run was stopped early (Ctrl-C), with why.
     pub interrupted: Option<String>,
+    /// Push load (--push-rate): API requests answered, failed, and the
+    /// recipients the gateway reported delivered.
+    #[serde(default)]
+    pub push_requests: u64,
+    #[serde(default)]
+    pub push_errors: u64,
+    #[serde(default)]
+    pub push_recipients: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -182,6 +190,13 @@ pub fn text(summary: &Summary, total: &Latencies, latency_distribution: bool) ->
         fmt_duration_s(summary.duration_s),
         summary.peak_connected
     );
+    if summary.push_requests + summary.push_errors > 0 {
+        let _ = writeln!(
+            o,
+            "  Push API: {} requests ({} failed), {} recipients delivered, {} pushes received",
+            summary.push_requests, summary.push_errors, summary.push_recipients, c.pushes
+        );
+    }
     if let Some(limit) = summary.link_limit {
         let _ = writeln!(
             o,
@@ -240,6 +255,9 @@ mod tests {
             latency: percentiles_by_name(latency),
             steps: Vec::new(),
             interrupted: None,
+            push_requests: 0,
+            push_errors: 0,
+            push_recipients: 0,
         }
     }
 

@@ -146,6 +146,9 @@ pub fn main(args: BenchArgs, raw: Vec<String>) -> i32 {
         latency: percentiles_by_name(&o.total),
         steps: o.steps,
         interrupted: o.interrupted,
+        push_requests: o.push.requests.load(std::sync::atomic::Ordering::Relaxed),
+        push_errors: o.push.errors.load(std::sync::atomic::Ordering::Relaxed),
+        push_recipients: o.push.recipients.load(std::sync::atomic::Ordering::Relaxed),
     };
     print!("{}", report::text(&summary, &o.total, args.latency));
     let report = Report {
@@ -200,6 +203,7 @@ struct Outcome {
     link_limit: Option<u64>,
     interrupted: Option<String>,
     elapsed: f64,
+    push: Arc<super::pusher::PushStats>,
     counters: Counters,
     total: Latencies,
     peak: u64,
@@ -282,6 +286,20 @@ async fn drive(
     let mut link_limit = None;
     let mut interrupted = None;
     let mut peak = 0;
+    // Push load, once every connection is bound.
+    let push_go = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let push_stats = Arc::new(super::pusher::PushStats::default());
+    let (push_stop, push_stop_rx) = tokio::sync::watch::channel(false);
+    let mut pusher = None;
+    if let Some(push) = plan.push.clone() {
+        pusher = Some(tokio::spawn(super::pusher::run(
+            plan.clone(),
+            push,
+            push_go.clone(),
+            push_stats.clone(),
+            push_stop_rx,
+        )));
+    }
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -295,6 +313,9 @@ async fn drive(
         let dt = (t - prev_t).max(1e-3);
         let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt;
         peak = peak.max(c.connected);
+        if c.connected >= plan.connections {
+            push_go.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let point = TimelinePoint {
             t,
             connected: c.connected,
@@ -417,16 +438,35 @@ async fn drive(
             Scenario::Stability | Scenario::Churn => {}
         }
     }
+    // Stop pushing, then give pushes already accepted by the gateway a moment
+    // (at most 2 s) to reach the connections before they close.
+    let _ = push_stop.send(true);
+    if let Some(p) = pusher {
+        // Its request in flight completes (and is counted) first.
+        let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
+    }
+    let settle_until = Instant::now() + Duration::from_secs(2);
+    while plan.push.is_some() && Instant::now() < settle_until {
+        let recipients = push_stats
+            .recipients
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if fleet.snapshot().counters.pushes >= recipients {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let elapsed = start.elapsed().as_secs_f64();
     let (counters, total) = tokio::task::spawn_blocking(move || fleet.finish())
         .await
         .map_err(|e| e.to_string())?;
+    let _ = push_stop.send(true);
     Ok(Outcome {
         timeline,
         steps,
         link_limit,
         interrupted,
         elapsed,
+        push: push_stats,
         counters,
         total,
         peak,

@@ -408,6 +408,9 @@ mod tests {
             latency: Default::default(),
             steps: Vec::new(),
             interrupted: None,
+            push_requests: 0,
+            push_errors: 0,
+            push_recipients: 0,
         }
     }
 
