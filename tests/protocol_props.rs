@@ -8,13 +8,15 @@
 //! - every strict prefix of a valid encoding is incomplete (`Ok(None)`), never
 //!   an error;
 //! - concatenated frames, delivered in arbitrary chunks, decode one by one;
-//! - the encoder enforces the limits of docs/PROTOCOL.md §5.
+//! - the encoder and the decoder enforce the limits of docs/PROTOCOL.md §5,
+//!   for Bind and for the topic lists of Subscribe, Unsubscribe and TopicsAck.
 
 use bytes::{Bytes, BytesMut};
 use miop::protocol::{
     decode, decode_buf, Bind, BindAck, Body, Close, CloseReason, Credential, DecodeError,
-    EncodeError, ErrorCode, ErrorFrame, Frame, Header, Opcode, Push, HEADER_LEN, MAX_BIND_TOPICS,
-    MAX_CREDENTIAL_LEN, MAX_DEVICE_ID_LEN, MAX_FRAME_LEN, MAX_MESSAGE_LEN, MAX_TOPIC_LEN, VERSION,
+    EncodeError, ErrorCode, ErrorFrame, Frame, Header, Opcode, Push, HEADER_LEN,
+    MAX_BIND_FRAME_LEN, MAX_BIND_TOPICS, MAX_CREDENTIAL_LEN, MAX_DEVICE_ID_LEN, MAX_FRAME_LEN,
+    MAX_MESSAGE_LEN, MAX_TOPIC_LEN, VERSION,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -61,18 +63,23 @@ fn credential() -> impl Strategy<Value = Credential> {
     ]
 }
 
+/// A topic list of `min..=MAX_BIND_TOPICS` topics of any legal length.
+fn topics(min: usize) -> impl Strategy<Value = Vec<String>> {
+    prop_oneof![
+        8 => vec(text(1, MAX_TOPIC_LEN), min..=MAX_BIND_TOPICS),
+        1 => Just(vec!["t".repeat(MAX_TOPIC_LEN); MAX_BIND_TOPICS]),
+    ]
+}
+
 fn body() -> impl Strategy<Value = Body> {
     prop_oneof![
-        (
-            text(1, MAX_DEVICE_ID_LEN),
-            credential(),
-            vec(text(1, MAX_TOPIC_LEN), 0..=MAX_BIND_TOPICS)
-        )
-            .prop_map(|(device_id, credential, topics)| Body::Bind(Bind {
+        (text(1, MAX_DEVICE_ID_LEN), credential(), topics(0)).prop_map(
+            |(device_id, credential, topics)| Body::Bind(Bind {
                 device_id,
                 credential,
                 topics
-            })),
+            })
+        ),
         any::<(u32, u32, u32, u64)>().prop_map(|(i, t, m, s)| Body::BindAck(BindAck {
             heartbeat_interval_ms: i,
             heartbeat_timeout_ms: t,
@@ -90,6 +97,9 @@ fn body() -> impl Strategy<Value = Body> {
             .prop_map(|(reason, message)| Body::Close(Close { reason, message })),
         (any::<u16>(), text(0, MAX_MESSAGE_LEN))
             .prop_map(|(code, message)| Body::Error(ErrorFrame { code, message })),
+        topics(1).prop_map(|topics| Body::Subscribe { topics }),
+        topics(1).prop_map(|topics| Body::Unsubscribe { topics }),
+        topics(0).prop_map(|topics| Body::TopicsAck { topics }),
     ]
 }
 
@@ -104,10 +114,11 @@ fn small_frame() -> impl Strategy<Value = Frame> {
 
 /// Bytes that get past the header checks more often than random ones: a v1
 /// header (sometimes with extension bytes or a slightly wrong length) for any
-/// opcode 0..=10, then an arbitrary body.
+/// opcode 0..=12 (every defined one, and one undefined on each side), then an
+/// arbitrary body.
 fn near_valid() -> impl Strategy<Value = Vec<u8>> {
     (
-        0u8..=10,
+        0u8..=12,
         any::<u32>(),
         any::<u16>(),
         prop_oneof![6 => Just(0usize), 1 => 0usize..8],
@@ -149,7 +160,7 @@ fn mutated() -> impl Strategy<Value = Vec<u8>> {
 fn reframed() -> impl Strategy<Value = Vec<u8>> {
     (
         small_frame(),
-        1u8..=8,
+        1u8..=Opcode::TopicsAck as u8,
         any::<Index>(),
         vec(any::<u8>(), 0..4),
         any::<bool>(),
@@ -443,6 +454,33 @@ fn encoder_enforces_limits() {
         );
     }
     assert_eq!(ok[4].encoded_len(), MAX_FRAME_LEN);
+    let topic_frames = |t: Vec<String>| {
+        [
+            Frame::new(2, Body::Subscribe { topics: t.clone() }),
+            Frame::new(3, Body::Unsubscribe { topics: t.clone() }),
+            Frame::topics_ack(3, t),
+        ]
+    };
+    for f in topic_frames(topics(MAX_BIND_TOPICS, MAX_TOPIC_LEN))
+        .into_iter()
+        .chain(topic_frames(topics(1, 1)))
+        .chain([Frame::topics_ack(4, vec![])])
+    {
+        let bytes = f.to_bytes().unwrap();
+        assert_eq!(
+            decode(&bytes, MAX_FRAME_LEN).unwrap(),
+            Some((f.clone(), bytes.len()))
+        );
+    }
+    // The largest Subscribe fits in the smallest frame limit a server may set.
+    let largest = Frame::new(
+        2,
+        Body::Subscribe {
+            topics: topics(MAX_BIND_TOPICS, MAX_TOPIC_LEN),
+        },
+    );
+    assert_eq!(largest.encoded_len(), 4145);
+    assert!(largest.encoded_len() <= MAX_BIND_FRAME_LEN);
 
     // One past them: refused.
     let too_long = |f: Frame| matches!(rejects(&f), EncodeError::FieldTooLong(_));
@@ -452,6 +490,21 @@ fn encoder_enforces_limits() {
     assert!(too_long(bind("d", "k", &topics(MAX_BIND_TOPICS + 1, 1))));
     assert!(too_long(bind("d", "k", &topics(1, 0))));
     assert!(too_long(bind("d", "k", &topics(1, MAX_TOPIC_LEN + 1))));
+    for bad in [
+        topics(MAX_BIND_TOPICS + 1, 1),
+        topics(1, 0),
+        topics(1, MAX_TOPIC_LEN + 1),
+    ] {
+        for f in topic_frames(bad) {
+            assert!(too_long(f.clone()), "{f:?}");
+        }
+    }
+    // Subscribe and Unsubscribe name at least one topic; TopicsAck may not.
+    assert!(too_long(Frame::new(2, Body::Subscribe { topics: vec![] })));
+    assert!(too_long(Frame::new(
+        3,
+        Body::Unsubscribe { topics: vec![] }
+    )));
     assert!(too_long(Frame::new(
         0,
         Body::Close(Close {
@@ -531,6 +584,47 @@ fn decoder_enforces_limits() {
     let (f, n) = decode(&bytes, MAX_FRAME_LEN).unwrap().unwrap();
     assert_eq!(n, bytes.len());
     assert_eq!(f.to_bytes().unwrap(), bytes);
+
+    // Topic lists of Subscribe, Unsubscribe and TopicsAck: the same limits,
+    // except that only TopicsAck may be empty.
+    fn topic_body(topics: &[&[u8]], count: u8) -> Vec<u8> {
+        let mut b = vec![count];
+        for t in topics {
+            b.push(t.len() as u8);
+            b.extend_from_slice(t);
+        }
+        b
+    }
+    let lists = [Opcode::Subscribe, Opcode::Unsubscribe, Opcode::TopicsAck];
+    for op in lists {
+        let bad = [
+            topic_body(&many, many.len() as u8),
+            topic_body(&[&long_topic], 1),
+            topic_body(&[b""], 1),
+            topic_body(&[b"t"], 2),
+            topic_body(&[b"t", b"u"], 1),
+            topic_body(&[&[0xff]], 1),
+            vec![],
+        ];
+        for body in &bad {
+            let err = decode(&frame(op as u8, body), MAX_FRAME_LEN).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::Malformed, "{op:?}: {err}");
+            assert_eq!(err.seq(), 9);
+        }
+        let empty = decode(&frame(op as u8, &topic_body(&[], 0)), MAX_FRAME_LEN);
+        if op == Opcode::TopicsAck {
+            assert_eq!(
+                empty.unwrap().unwrap().0.body,
+                Body::TopicsAck { topics: vec![] }
+            );
+        } else {
+            assert_eq!(empty.unwrap_err().code(), ErrorCode::Malformed, "{op:?}");
+        }
+        let bytes = frame(op as u8, &topic_body(&max, max.len() as u8));
+        let (f, n) = decode(&bytes, MAX_FRAME_LEN).unwrap().unwrap();
+        assert_eq!(n, bytes.len());
+        assert_eq!(f.to_bytes().unwrap(), bytes);
+    }
 
     // The largest legal frame decodes; one byte more is FRAME_TOO_LARGE.
     let push = frame(Opcode::Push as u8, &vec![1; MAX_FRAME_LEN - HEADER_LEN]);

@@ -12,7 +12,8 @@
 //!
 //! A frame is `{"seq", "flags", "opcode", "body"}`; `opcode` is
 //! `Opcode::name()`, and `body` holds the body fields by their spec names
-//! (Push payload as hex; Bind `credential_kind` is "app_key" or "token").
+//! (Push payload as hex; Bind `credential_kind` is "app_key" or "token"; the
+//! topic lists of Bind, Subscribe, Unsubscribe and TopicsAck are `"topics"`).
 //!
 //! In docs/PROTOCOL.md every vector is a fenced block whose info string is
 //! `hex NAME`; inside, `#` starts a comment and whitespace is ignored.
@@ -31,6 +32,9 @@ use sha2::Sha256;
 
 const VECTORS: &str = include_str!("vectors.json");
 const SPEC: &str = include_str!("../docs/PROTOCOL.md");
+
+/// The highest opcode v1 (revision 2) defines; every one from 1 up is defined.
+const LAST_OPCODE: u8 = 0x0B;
 
 const ERRORS: [&str; 5] = [
     "malformed",
@@ -116,6 +120,20 @@ impl<'a> Obj<'a> {
             .ok_or_else(|| format!("{key:?} is not a string"))
     }
 
+    /// `"topics"`: a list of strings.
+    fn topics(&mut self) -> R<Vec<String>> {
+        self.get("topics")?
+            .as_array()
+            .ok_or("topics is not a list")?
+            .iter()
+            .map(|t| {
+                t.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| "topic is not a string".to_owned())
+            })
+            .collect()
+    }
+
     /// Fails on keys that were never asked for (typos in vectors.json).
     fn done(self) -> R<()> {
         for k in self.map.keys() {
@@ -142,13 +160,7 @@ fn frame_from_json(v: &Value) -> R<Frame> {
                 "token" => Credential::Token(secret),
                 k => return Err(format!("unknown credential_kind {k:?}")),
             };
-            let topics = b
-                .get("topics")?
-                .as_array()
-                .ok_or("topics is not a list")?
-                .iter()
-                .map(|t| t.as_str().map(str::to_owned).ok_or("topic is not a string"))
-                .collect::<Result<Vec<_>, _>>()?;
+            let topics = b.topics()?;
             Body::Bind(Bind {
                 device_id,
                 credential,
@@ -190,6 +202,15 @@ fn frame_from_json(v: &Value) -> R<Frame> {
                 message: b.str("message")?.to_owned(),
             })
         }
+        "subscribe" => Body::Subscribe {
+            topics: b.topics()?,
+        },
+        "unsubscribe" => Body::Unsubscribe {
+            topics: b.topics()?,
+        },
+        "topics_ack" => Body::TopicsAck {
+            topics: b.topics()?,
+        },
         op => return Err(format!("unknown opcode name {op:?}")),
     };
     b.done()?;
@@ -268,7 +289,7 @@ fn vectors_cover_every_opcode_and_outcome() {
         .filter_map(|v| v.frame())
         .map(|f| f.body.opcode().name())
         .collect();
-    for op in 1..=8u8 {
+    for op in 1..=LAST_OPCODE {
         let name = Opcode::from_u8(op).unwrap().name();
         assert!(ops.contains(name), "no valid vector for opcode {name}");
     }
@@ -293,6 +314,20 @@ fn vectors_cover_every_opcode_and_outcome() {
     assert!(has(
         &|f| matches!(f.body, Body::Push(_)) && f.flags & FLAG_ACK_REQUIRED == 0
     ));
+    assert!(has(
+        &|f| matches!(&f.body, Body::TopicsAck { topics } if topics.is_empty())
+    ));
+    assert!(has(
+        &|f| matches!(&f.body, Body::TopicsAck { topics } if topics.len() > 1)
+    ));
+    // Invalid topic lists of every kind of frame that carries one.
+    for op in ["subscribe", "unsubscribe", "topics_ack"] {
+        assert!(
+            vs.iter()
+                .any(|v| v.error.as_deref() == Some("malformed") && v.name.starts_with(op)),
+            "no malformed vector for {op}"
+        );
+    }
 }
 
 /// Decodes `bytes` with both entry points and checks they agree.
@@ -556,14 +591,27 @@ fn spec_hex_matches_vectors_json() {
 #[test]
 fn spec_tables_match_the_codec() {
     // Every opcode, error code and close reason appears in the spec with its number.
-    for op in 1..=8u8 {
-        let name = Opcode::from_u8(op).unwrap().name();
+    for op in 1..=LAST_OPCODE {
+        let opcode = Opcode::from_u8(op).unwrap();
+        assert_eq!(opcode as u8, op);
+        let name = opcode.name();
+        // The table names the frame in CamelCase: bind_ack is BindAck.
+        let camel: String = name
+            .split('_')
+            .map(|w| w[..1].to_uppercase() + &w[1..])
+            .collect();
         assert!(
-            SPEC.contains(&format!("| `0x{op:02X}` |")),
-            "opcode {name} missing"
+            SPEC.contains(&format!("| `0x{op:02X}` | {camel} ")),
+            "opcode {name} missing from the spec's table as {camel}"
         );
     }
-    assert!(Opcode::from_u8(9).is_none() && Opcode::from_u8(0x0a).is_none());
+    assert!(Opcode::from_u8(0).is_none());
+    for op in LAST_OPCODE + 1..=u8::MAX {
+        assert!(Opcode::from_u8(op).is_none(), "opcode {op:#04x} is defined");
+    }
+    assert!(SPEC.contains(&format!(
+        "`opcode` not one of 0x01..=0x{LAST_OPCODE:02X} → `UNKNOWN_OPCODE`"
+    )));
     for code in 1..=10u16 {
         let name = ErrorCode::from_u16(code).unwrap().name().to_uppercase();
         assert!(
@@ -588,6 +636,9 @@ fn spec_tables_match_the_codec() {
         format!("| Device id | 1..={MAX_DEVICE_ID_LEN} bytes of UTF-8 |"),
         format!("| Credential (app key or token) | 0..={MAX_CREDENTIAL_LEN} bytes of UTF-8 |"),
         format!("| Topics per Bind | 0..={MAX_BIND_TOPICS} |"),
+        format!("| Topics per Subscribe or Unsubscribe | 1..={MAX_BIND_TOPICS} |"),
+        format!("| Topics per TopicsAck | 0..={MAX_BIND_TOPICS} |"),
+        format!("| Topics one session holds at once | 0..={MAX_BIND_TOPICS} |"),
         format!("| Topic name | 1..={MAX_TOPIC_LEN} bytes of UTF-8 |"),
         format!("| Close and Error message | 0..={MAX_MESSAGE_LEN} bytes of UTF-8 |"),
         format!("| Push payload | 0..={} bytes", MAX_FRAME_LEN - HEADER_LEN - 8),

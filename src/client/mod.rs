@@ -1,5 +1,5 @@
-//! A tokio client for the Miop protocol: connect, bind, ping, receive pushes,
-//! acknowledge, close. The integration tests and the load generator use it;
+//! A tokio client for the Miop protocol: connect, bind, ping, join and leave
+//! topics, receive pushes, acknowledge, close. The integration tests and the load generator use it;
 //! devices and backends can embed it.
 //!
 //! ```no_run
@@ -130,6 +130,30 @@ impl Client {
         }
     }
 
+    /// Sends Subscribe and waits for its TopicsAck; returns the session's whole
+    /// topic list after joining `topics` (1 to 32 names). A session may hold
+    /// at most 32 topics: more closes it ([`ClientError::Rejected`], MALFORMED).
+    pub async fn subscribe(&mut self, topics: Vec<String>) -> Result<Vec<String>, ClientError> {
+        self.topics_request(Body::Subscribe { topics }).await
+    }
+
+    /// Sends Unsubscribe and waits for its TopicsAck; returns the session's
+    /// whole topic list after leaving `topics` (1 to 32 names; ones not joined
+    /// are ignored).
+    pub async fn unsubscribe(&mut self, topics: Vec<String>) -> Result<Vec<String>, ClientError> {
+        self.topics_request(Body::Unsubscribe { topics }).await
+    }
+
+    async fn topics_request(&mut self, body: Body) -> Result<Vec<String>, ClientError> {
+        let seq = self.seq();
+        self.send(&Frame::new(seq, body)).await?;
+        let reply = self.reply_to(seq).await?;
+        match reply.body {
+            Body::TopicsAck { topics } => Ok(topics),
+            _ => Err(ClientError::Unexpected(reply.body.opcode().name())),
+        }
+    }
+
     /// Acknowledges a push.
     pub async fn ack(&mut self, message_id: u64) -> Result<(), ClientError> {
         let seq = self.seq();
@@ -224,7 +248,9 @@ impl Client {
                     })
                 }
                 Body::Close(c) => return Err(closed(c.clone())),
-                Body::BindAck(_) | Body::Pong if frame.seq == seq => return Ok(frame),
+                Body::BindAck(_) | Body::Pong | Body::TopicsAck { .. } if frame.seq == seq => {
+                    return Ok(frame)
+                }
                 _ => self.pending.push_back(frame),
             }
         }

@@ -66,7 +66,7 @@ pub struct Core {
     metrics: CoreMetrics,
     accept_log: RateLimitedLog,
     slow_log: RateLimitedLog,
-    /// Sessions by topic (joined at Bind), for topic pushes.
+    /// Sessions by topic (joined at Bind or by Subscribe), for topic pushes.
     topics: RefCell<TopicIndex>,
     /// Send time of pushes awaiting PushAcks, by message id (one entry per
     /// message per core, however many recipients), for push-to-ack latency.
@@ -345,14 +345,7 @@ impl Core {
                     session_id,
                     topics,
                 }) => {
-                    let mut index = self.topics.borrow_mut();
-                    for t in topics {
-                        index
-                            .entry(t.into_boxed_str())
-                            .or_default()
-                            .insert((slot, session_id));
-                    }
-                    drop(index);
+                    self.join_topics(slot, session_id, topics);
                     self.metrics.sessions.increment(1.0);
                     self.metrics.binds_ok.increment(1);
                     let since_ms = SystemTime::now()
@@ -382,6 +375,10 @@ impl Core {
                     if let Some(p) = &self.node.presence {
                         p.mark(&device_id);
                     }
+                }
+                Action::Topics { joined, left } => {
+                    self.join_topics(slot, sid, joined);
+                    self.drop_from_topics(slot, sid, &left);
                 }
                 Action::BindRejected(code) => m::bind_rejected(code.name()),
                 Action::Acked { message_id } => {
@@ -462,11 +459,20 @@ impl Core {
         self.apply(slot, sid, actions);
     }
 
-    fn leave_topics(&self, slot: usize, sid: u64) {
-        let topics: Vec<String> = match self.conns.borrow().get(slot).filter(|c| c.is(sid)) {
-            Some(c) => c.session.topics().to_vec(),
-            None => return,
-        };
+    /// Adds the session to each topic's members.
+    fn join_topics(&self, slot: usize, sid: u64, topics: Vec<String>) {
+        let mut index = self.topics.borrow_mut();
+        for t in topics {
+            index
+                .entry(t.into_boxed_str())
+                .or_default()
+                .insert((slot, sid));
+        }
+    }
+
+    /// Removes the session from each topic's members, dropping topics that
+    /// end up with none.
+    fn drop_from_topics(&self, slot: usize, sid: u64, topics: &[String]) {
         let mut index = self.topics.borrow_mut();
         for t in topics {
             if let Some(members) = index.get_mut(t.as_str()) {
@@ -476,6 +482,16 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// The session went offline: it leaves every topic it holds now (joined
+    /// at Bind or by Subscribe, minus those left by Unsubscribe).
+    fn leave_topics(&self, slot: usize, sid: u64) {
+        let topics: Vec<String> = match self.conns.borrow().get(slot).filter(|c| c.is(sid)) {
+            Some(c) => c.session.topics().to_vec(),
+            None => return,
+        };
+        self.drop_from_topics(slot, sid, &topics);
     }
 
     // ----- pushes ----------------------------------------------------------

@@ -50,10 +50,11 @@ impl DecodeError {
     }
 }
 
-/// Why a frame could not be encoded (a field longer than the spec allows).
+/// Why a frame could not be encoded (a field or list outside the spec's limits).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
-    #[error("{0} is longer than the protocol allows")]
+    /// Too long, or too short (an empty device id, topic or Subscribe list).
+    #[error("{0} is outside the limits the protocol allows")]
     FieldTooLong(&'static str),
     #[error("frame of {0} bytes exceeds the protocol maximum")]
     FrameTooLarge(usize),
@@ -179,6 +180,15 @@ fn parse_body(
                 code: r.u16("error.code")?,
                 message: r.str8("error.message")?.to_owned(),
             }),
+            Opcode::Subscribe => Body::Subscribe {
+                topics: parse_topics(&mut r, 1, TOPICS_SUBSCRIBE)?,
+            },
+            Opcode::Unsubscribe => Body::Unsubscribe {
+                topics: parse_topics(&mut r, 1, TOPICS_UNSUBSCRIBE)?,
+            },
+            Opcode::TopicsAck => Body::TopicsAck {
+                topics: parse_topics(&mut r, 0, TOPICS_ACK)?,
+            },
         };
         r.finish()?;
         Ok(b)
@@ -191,6 +201,61 @@ fn parse_body(
         }),
         Err(reason) => Err(DecodeError::Malformed { reason, seq }),
     }
+}
+
+/// The field names a topic list reports in Malformed errors.
+struct TopicFields {
+    count: &'static str,
+    count_range: &'static str,
+    topic: &'static str,
+    topic_range: &'static str,
+}
+
+const TOPICS_BIND: TopicFields = TopicFields {
+    count: "bind.topic_count",
+    count_range: "bind.topic_count too large",
+    topic: "bind.topic",
+    topic_range: "bind.topic empty or too long",
+};
+const TOPICS_SUBSCRIBE: TopicFields = TopicFields {
+    count: "subscribe.topic_count",
+    count_range: "subscribe.topic_count zero or too large",
+    topic: "subscribe.topic",
+    topic_range: "subscribe.topic empty or too long",
+};
+const TOPICS_UNSUBSCRIBE: TopicFields = TopicFields {
+    count: "unsubscribe.topic_count",
+    count_range: "unsubscribe.topic_count zero or too large",
+    topic: "unsubscribe.topic",
+    topic_range: "unsubscribe.topic empty or too long",
+};
+const TOPICS_ACK: TopicFields = TopicFields {
+    count: "topics_ack.topic_count",
+    count_range: "topics_ack.topic_count too large",
+    topic: "topics_ack.topic",
+    topic_range: "topics_ack.topic empty or too long",
+};
+
+/// A `u8` count in `min..=MAX_BIND_TOPICS`, then that many `str8` topics of
+/// 1..=[`MAX_TOPIC_LEN`] bytes. The count is checked before any topic is read.
+fn parse_topics(
+    r: &mut Reader<'_>,
+    min: usize,
+    f: TopicFields,
+) -> Result<Vec<String>, &'static str> {
+    let count = r.u8(f.count)? as usize;
+    if count < min || count > MAX_BIND_TOPICS {
+        return Err(f.count_range);
+    }
+    let mut topics = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t = r.str8(f.topic)?;
+        if t.is_empty() || t.len() > MAX_TOPIC_LEN {
+            return Err(f.topic_range);
+        }
+        topics.push(t.to_owned());
+    }
+    Ok(topics)
 }
 
 fn parse_bind(r: &mut Reader<'_>) -> Result<Bind, &'static str> {
@@ -208,18 +273,7 @@ fn parse_bind(r: &mut Reader<'_>) -> Result<Bind, &'static str> {
         2 => Credential::Token(secret.to_owned()),
         _ => return Err("bind.credential_kind unknown"),
     };
-    let count = r.u8("bind.topic_count")? as usize;
-    if count > MAX_BIND_TOPICS {
-        return Err("bind.topic_count too large");
-    }
-    let mut topics = Vec::with_capacity(count);
-    for _ in 0..count {
-        let t = r.str8("bind.topic")?;
-        if t.is_empty() || t.len() > MAX_TOPIC_LEN {
-            return Err("bind.topic empty or too long");
-        }
-        topics.push(t.to_owned());
-    }
+    let topics = parse_topics(r, 0, TOPICS_BIND)?;
     Ok(Bind {
         device_id: device_id.to_owned(),
         credential,
@@ -236,12 +290,7 @@ impl Frame {
                     let secret = match &b.credential {
                         Credential::AppKey(s) | Credential::Token(s) => s.len(),
                     };
-                    1 + b.device_id.len()
-                        + 1
-                        + 2
-                        + secret
-                        + 1
-                        + b.topics.iter().map(|t| 1 + t.len()).sum::<usize>()
+                    1 + b.device_id.len() + 1 + 2 + secret + topics_len(&b.topics)
                 }
                 Body::BindAck(_) => 4 + 4 + 4 + 8,
                 Body::Ping | Body::Pong => 0,
@@ -249,6 +298,9 @@ impl Frame {
                 Body::PushAck { .. } => 8,
                 Body::Close(c) => 2 + 1 + c.message.len(),
                 Body::Error(e) => 2 + 1 + e.message.len(),
+                Body::Subscribe { topics }
+                | Body::Unsubscribe { topics }
+                | Body::TopicsAck { topics } => topics_len(topics),
             }
     }
 
@@ -279,10 +331,7 @@ impl Frame {
                 };
                 out.put_u8(kind);
                 put_str16(out, secret);
-                out.put_u8(b.topics.len() as u8);
-                for t in &b.topics {
-                    put_str8(out, t);
-                }
+                put_topics(out, &b.topics);
             }
             Body::BindAck(a) => {
                 out.put_u32(a.heartbeat_interval_ms);
@@ -304,6 +353,9 @@ impl Frame {
                 out.put_u16(e.code);
                 put_str8(out, &e.message);
             }
+            Body::Subscribe { topics }
+            | Body::Unsubscribe { topics }
+            | Body::TopicsAck { topics } => put_topics(out, topics),
         }
         Ok(())
     }
@@ -333,15 +385,51 @@ impl Frame {
                     Credential::AppKey(s) | Credential::Token(s) => s,
                 };
                 check(secret.len() <= MAX_CREDENTIAL_LEN, "bind.credential")?;
-                check(b.topics.len() <= MAX_BIND_TOPICS, "bind.topics")?;
-                for t in &b.topics {
-                    check(!t.is_empty() && t.len() <= MAX_TOPIC_LEN, "bind.topic")?;
-                }
-                Ok(())
+                check_topics(&b.topics, 0, "bind.topics", "bind.topic")
+            }
+            Body::Subscribe { topics } => {
+                check_topics(topics, 1, "subscribe.topics", "subscribe.topic")
+            }
+            Body::Unsubscribe { topics } => {
+                check_topics(topics, 1, "unsubscribe.topics", "unsubscribe.topic")
+            }
+            Body::TopicsAck { topics } => {
+                check_topics(topics, 0, "topics_ack.topics", "topics_ack.topic")
             }
             Body::Close(c) => check(c.message.len() <= MAX_MESSAGE_LEN, "close.message"),
             Body::Error(e) => check(e.message.len() <= MAX_MESSAGE_LEN, "error.message"),
             _ => Ok(()),
         }
     }
+}
+
+/// Encoded length of a topic list: the count byte plus each `str8`.
+fn topics_len(topics: &[String]) -> usize {
+    1 + topics.iter().map(|t| 1 + t.len()).sum::<usize>()
+}
+
+fn put_topics(out: &mut BytesMut, topics: &[String]) {
+    out.put_u8(topics.len() as u8);
+    for t in topics {
+        put_str8(out, t);
+    }
+}
+
+/// A topic list of `min..=MAX_BIND_TOPICS` names of 1..=`MAX_TOPIC_LEN` bytes.
+fn check_topics(
+    topics: &[String],
+    min: usize,
+    list: &'static str,
+    topic: &'static str,
+) -> Result<(), EncodeError> {
+    if topics.len() < min || topics.len() > MAX_BIND_TOPICS {
+        return Err(EncodeError::FieldTooLong(list));
+    }
+    if topics
+        .iter()
+        .any(|t| t.is_empty() || t.len() > MAX_TOPIC_LEN)
+    {
+        return Err(EncodeError::FieldTooLong(topic));
+    }
+    Ok(())
 }

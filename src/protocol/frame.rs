@@ -7,8 +7,8 @@ use super::{CloseReason, ErrorCode, Opcode, MAX_MESSAGE_LEN};
 /// One Miop frame: the header fields a sender chooses plus a typed body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
-    /// Sequence number chosen by the requester; responses (BindAck, Pong, Error)
-    /// echo the sequence number of the frame they answer.
+    /// Sequence number chosen by the requester; responses (BindAck, Pong,
+    /// TopicsAck, Error) echo the sequence number of the frame they answer.
     pub seq: u32,
     /// Header flags. Only [`super::FLAG_ACK_REQUIRED`] (on Push) is defined in v1.
     pub flags: u16,
@@ -22,9 +22,26 @@ pub enum Body {
     Ping,
     Pong,
     Push(Push),
-    PushAck { message_id: u64 },
+    PushAck {
+        message_id: u64,
+    },
     Close(Close),
     Error(ErrorFrame),
+    /// Client → server: join these topics (1..=32 names; already joined ones
+    /// are kept once). Answered by [`Body::TopicsAck`].
+    Subscribe {
+        topics: Vec<String>,
+    },
+    /// Client → server: leave these topics (1..=32 names; ones not joined are
+    /// ignored). Answered by [`Body::TopicsAck`].
+    Unsubscribe {
+        topics: Vec<String>,
+    },
+    /// Server → client: the session's whole topic list (0..=32 names) after the
+    /// Subscribe or Unsubscribe whose `seq` it echoes.
+    TopicsAck {
+        topics: Vec<String>,
+    },
 }
 
 /// How a device proves it may bind.
@@ -92,6 +109,9 @@ impl Body {
             Body::PushAck { .. } => Opcode::PushAck,
             Body::Close(_) => Opcode::Close,
             Body::Error(_) => Opcode::Error,
+            Body::Subscribe { .. } => Opcode::Subscribe,
+            Body::Unsubscribe { .. } => Opcode::Unsubscribe,
+            Body::TopicsAck { .. } => Opcode::TopicsAck,
         }
     }
 }
@@ -115,6 +135,10 @@ impl Frame {
 
     pub fn push_ack(seq: u32, message_id: u64) -> Frame {
         Frame::new(seq, Body::PushAck { message_id })
+    }
+
+    pub fn topics_ack(seq: u32, topics: Vec<String>) -> Frame {
+        Frame::new(seq, Body::TopicsAck { topics })
     }
 
     pub fn close(seq: u32, reason: CloseReason, message: &str) -> Frame {

@@ -17,6 +17,9 @@ pub enum Opcode {
     PushAck = 0x06,
     Close = 0x07,
     Error = 0x08,
+    Subscribe = 0x09,
+    Unsubscribe = 0x0A,
+    TopicsAck = 0x0B,
 }
 
 impl Opcode {
@@ -30,6 +33,9 @@ impl Opcode {
             0x06 => Opcode::PushAck,
             0x07 => Opcode::Close,
             0x08 => Opcode::Error,
+            0x09 => Opcode::Subscribe,
+            0x0A => Opcode::Unsubscribe,
+            0x0B => Opcode::TopicsAck,
             _ => return None,
         })
     }
@@ -44,6 +50,9 @@ impl Opcode {
             Opcode::PushAck => "push_ack",
             Opcode::Close => "close",
             Opcode::Error => "error",
+            Opcode::Subscribe => "subscribe",
+            Opcode::Unsubscribe => "unsubscribe",
+            Opcode::TopicsAck => "topics_ack",
         }
     }
 }

@@ -30,7 +30,8 @@ pub const MAX_DEVICE_ID_LEN: usize = 128;
 pub const MAX_CREDENTIAL_LEN: usize = 1024;
 /// Longest topic name in bytes.
 pub const MAX_TOPIC_LEN: usize = 128;
-/// Most topics one Bind may carry.
+/// Most topics one Bind, Subscribe, Unsubscribe or TopicsAck may carry, and
+/// most topics one session may have joined at once.
 pub const MAX_BIND_TOPICS: usize = 32;
 /// Longest human-readable message in Close and Error frames.
 pub const MAX_MESSAGE_LEN: usize = 255;

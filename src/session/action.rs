@@ -13,6 +13,15 @@ pub enum Action {
     BindRejected(ErrorCode),
     /// The peer acknowledged a push.
     Acked { message_id: u64 },
+    /// A Subscribe or Unsubscribe changed the bound session's topics: `joined`
+    /// were not held before, `left` were (both without duplicates, and never
+    /// both empty). [`super::Session::topics`] already holds the new list. Not
+    /// emitted when the request changed nothing; topics joined at Bind come in
+    /// [`PresenceChange::Online`] instead.
+    Topics {
+        joined: Vec<String>,
+        left: Vec<String>,
+    },
     /// Flush the frames sent so far, then close the connection. `reason` says why
     /// (for metrics and logs); `Normal` when the peer asked to close.
     Close { reason: CloseReason },

@@ -6,7 +6,9 @@ use serde::Serialize;
 
 use super::{Action, PresenceChange, SessionConfig};
 use crate::auth::Authenticator;
-use crate::protocol::{Bind, BindAck, Body, CloseReason, DecodeError, ErrorCode, Frame};
+use crate::protocol::{
+    Bind, BindAck, Body, CloseReason, DecodeError, ErrorCode, Frame, MAX_BIND_TOPICS,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -30,6 +32,8 @@ pub struct Session {
     last_inbound: Instant,
     bound_at: Option<Instant>,
     device_id: Option<Box<str>>,
+    /// Topics joined (at Bind, then by Subscribe), without duplicates, in the
+    /// order joined; at most [`MAX_BIND_TOPICS`].
     topics: Vec<String>,
     frames_in: u64,
 }
@@ -75,6 +79,7 @@ impl Session {
         self.device_id.as_deref()
     }
 
+    /// The topics this session has joined now (no duplicates).
     pub fn topics(&self) -> &[String] {
         &self.topics
     }
@@ -109,12 +114,20 @@ impl Session {
             (SessionState::AwaitingBind, Body::Bind(bind)) => {
                 self.bind(seq, bind, now, unix_now, cfg, auth, out)
             }
-            (SessionState::AwaitingBind, Body::Ping | Body::PushAck { .. }) => {
-                self.fail(seq, ErrorCode::NotBound, "send Bind first", out)
-            }
+            (
+                SessionState::AwaitingBind,
+                Body::Ping
+                | Body::PushAck { .. }
+                | Body::Subscribe { .. }
+                | Body::Unsubscribe { .. },
+            ) => self.fail(seq, ErrorCode::NotBound, "send Bind first", out),
             (SessionState::Bound, Body::Ping) => out.push(Action::Send(Frame::pong(seq))),
             (SessionState::Bound, Body::PushAck { message_id }) => {
                 out.push(Action::Acked { message_id })
+            }
+            (SessionState::Bound, Body::Subscribe { topics }) => self.subscribe(seq, topics, out),
+            (SessionState::Bound, Body::Unsubscribe { topics }) => {
+                self.unsubscribe(seq, topics, out)
             }
             (SessionState::Bound, Body::Bind(_)) => self.fail(
                 seq,
@@ -227,6 +240,7 @@ impl Session {
         self.bound_at = Some(now);
         self.device_id = Some(device_id.clone());
         self.topics = bind.topics;
+        dedup_in_order(&mut self.topics);
         let ms = |d: Duration| d.as_millis().min(u32::MAX as u128) as u32;
         out.push(Action::Send(Frame::new(
             seq,
@@ -242,6 +256,47 @@ impl Session {
             session_id: self.session_id,
             topics: self.topics.clone(),
         }));
+    }
+
+    /// Joins the topics not joined yet, all or nothing: if the session would
+    /// hold more than [`MAX_BIND_TOPICS`] it is closed (MALFORMED) unchanged.
+    fn subscribe(&mut self, seq: u32, mut topics: Vec<String>, out: &mut Vec<Action>) {
+        topics.retain(|t| !self.topics.contains(t));
+        dedup_in_order(&mut topics);
+        if self.topics.len() + topics.len() > MAX_BIND_TOPICS {
+            return self.fail(seq, ErrorCode::Malformed, "too many topics", out);
+        }
+        self.topics.extend_from_slice(&topics);
+        self.topics_changed(seq, topics, Vec::new(), out);
+    }
+
+    /// Leaves the listed topics; ones not joined are ignored.
+    fn unsubscribe(&mut self, seq: u32, topics: Vec<String>, out: &mut Vec<Action>) {
+        let mut left = Vec::new();
+        self.topics.retain(|t| {
+            let leave = topics.contains(t);
+            if leave {
+                left.push(t.clone());
+            }
+            !leave
+        });
+        self.topics_changed(seq, Vec::new(), left, out);
+    }
+
+    /// Tells the driver what changed (before the ack is queued, so its index is
+    /// up to date by the time the client reads the ack), then acks with the
+    /// whole list.
+    fn topics_changed(
+        &mut self,
+        seq: u32,
+        joined: Vec<String>,
+        left: Vec<String>,
+        out: &mut Vec<Action>,
+    ) {
+        if !joined.is_empty() || !left.is_empty() {
+            out.push(Action::Topics { joined, left });
+        }
+        out.push(Action::Send(Frame::topics_ack(seq, self.topics.clone())));
     }
 
     fn fail(&mut self, seq: u32, code: ErrorCode, msg: &str, out: &mut Vec<Action>) {
@@ -280,6 +335,19 @@ impl Session {
                     reason,
                 }));
             }
+        }
+    }
+}
+
+/// Removes repeated entries, keeping each first occurrence in place. Lists
+/// hold at most [`MAX_BIND_TOPICS`] entries, so quadratic is fine.
+fn dedup_in_order(list: &mut Vec<String>) {
+    let mut i = 0;
+    while i < list.len() {
+        if list[..i].contains(&list[i]) {
+            list.remove(i);
+        } else {
+            i += 1;
         }
     }
 }

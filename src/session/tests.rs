@@ -299,3 +299,189 @@ fn control_characters_in_device_id_are_refused() {
     assert_eq!(out[0], Action::BindRejected(ErrorCode::InvalidDeviceId));
     assert_eq!(r.s.state(), SessionState::Closing);
 }
+
+fn topics(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+fn subscribe(seq: u32, names: &[&str]) -> Frame {
+    Frame::new(
+        seq,
+        Body::Subscribe {
+            topics: topics(names),
+        },
+    )
+}
+
+fn unsubscribe(seq: u32, names: &[&str]) -> Frame {
+    Frame::new(
+        seq,
+        Body::Unsubscribe {
+            topics: topics(names),
+        },
+    )
+}
+
+#[test]
+fn subscribe_joins_new_topics_once_and_acks_the_whole_list() {
+    let mut r = rig();
+    r.frame(0, bind_frame(1, "dev-1", "pk")); // joins "news" at bind
+    let out = r.frame(1, subscribe(5, &["sports", "news", "sports", "weather"]));
+    assert_eq!(
+        out,
+        vec![
+            Action::Topics {
+                joined: topics(&["sports", "weather"]),
+                left: vec![],
+            },
+            Action::Send(Frame::topics_ack(5, topics(&["news", "sports", "weather"]))),
+        ]
+    );
+    assert_eq!(r.s.topics(), topics(&["news", "sports", "weather"]));
+    assert_eq!(r.s.state(), SessionState::Bound);
+    assert_eq!(
+        r.s.info(r.at(1)).topics,
+        topics(&["news", "sports", "weather"])
+    );
+}
+
+#[test]
+fn unsubscribe_leaves_joined_topics_and_ignores_others() {
+    let mut r = rig();
+    r.frame(0, bind_frame(1, "dev-1", "pk"));
+    r.frame(1, subscribe(2, &["sports"]));
+    let out = r.frame(2, unsubscribe(3, &["news", "nope", "news"]));
+    assert_eq!(
+        out,
+        vec![
+            Action::Topics {
+                joined: vec![],
+                left: topics(&["news"]),
+            },
+            Action::Send(Frame::topics_ack(3, topics(&["sports"]))),
+        ]
+    );
+    // Leaving the last topic is fine: the ack lists none.
+    let out = r.frame(3, unsubscribe(4, &["sports"]));
+    assert_eq!(out[1], Action::Send(Frame::topics_ack(4, vec![])));
+    assert!(r.s.topics().is_empty());
+}
+
+#[test]
+fn topic_requests_that_change_nothing_are_acked_without_a_topics_action() {
+    let mut r = rig();
+    r.frame(0, bind_frame(1, "dev-1", "pk"));
+    let out = r.frame(1, subscribe(2, &["news"]));
+    assert_eq!(
+        out,
+        vec![Action::Send(Frame::topics_ack(2, topics(&["news"])))]
+    );
+    let out = r.frame(2, unsubscribe(3, &["sports"]));
+    assert_eq!(
+        out,
+        vec![Action::Send(Frame::topics_ack(3, topics(&["news"])))]
+    );
+    assert_eq!(r.s.topics(), topics(&["news"]));
+}
+
+#[test]
+fn topic_requests_count_as_liveness() {
+    let mut r = rig();
+    r.frame(0, bind_frame(1, "dev-1", "pk"));
+    r.frame(20, subscribe(2, &["a"]));
+    assert_eq!(r.s.deadline(&r.cfg), Some(r.at(50)));
+    r.frame(40, unsubscribe(3, &["a"]));
+    assert_eq!(r.s.deadline(&r.cfg), Some(r.at(70)));
+    assert!(r.tick(69).is_empty());
+}
+
+#[test]
+fn topic_requests_before_bind_are_not_bound() {
+    for f in [subscribe(5, &["news"]), unsubscribe(6, &["news"])] {
+        let mut r = rig();
+        let seq = f.seq;
+        let out = r.frame(0, f);
+        match &out[..] {
+            [Action::Send(e), Action::Send(c), Action::Close { reason }] => {
+                assert_eq!(e.seq, seq);
+                assert!(matches!(&e.body, Body::Error(e) if e.code() == Some(ErrorCode::NotBound)));
+                assert!(
+                    matches!(&c.body, Body::Close(c) if c.reason() == Some(CloseReason::ProtocolError))
+                );
+                assert_eq!(*reason, CloseReason::ProtocolError);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(r.s.topics().is_empty());
+        assert_eq!(r.s.state(), SessionState::Closing);
+    }
+}
+
+#[test]
+fn more_than_32_topics_is_malformed_and_closes_without_joining() {
+    let mut r = rig();
+    r.frame(0, bind_frame(1, "dev-1", "pk")); // 1 topic
+    let names: Vec<String> = (0..31).map(|i| format!("t{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let out = r.frame(1, subscribe(2, &refs));
+    assert!(
+        matches!(&out[1], Action::Send(f) if matches!(&f.body, Body::TopicsAck { topics } if topics.len() == 32))
+    );
+    // At the limit, topics already held still do not count twice.
+    let out = r.frame(2, subscribe(3, &["news", "t0"]));
+    assert_eq!(out.len(), 1, "{out:?}");
+    let before = r.s.topics().to_vec();
+
+    let out = r.frame(3, subscribe(4, &["news", "one-too-many"]));
+    match sent(&out)[..] {
+        [Body::Error(e), Body::Close(c)] => {
+            assert_eq!(e.code(), Some(ErrorCode::Malformed));
+            assert_eq!(e.message, "too many topics");
+            assert_eq!(c.reason(), Some(CloseReason::ProtocolError));
+        }
+        ref other => panic!("unexpected {other:?}"),
+    }
+    assert!(matches!(&out[0], Action::Send(f) if f.seq == 4));
+    assert!(!out.iter().any(|a| matches!(a, Action::Topics { .. })));
+    assert!(out.contains(&Action::Presence(PresenceChange::Offline {
+        device_id: "dev-1".into(),
+        session_id: 7,
+        reason: CloseReason::ProtocolError,
+    })));
+    assert_eq!(close_reason(&out), Some(CloseReason::ProtocolError));
+    // The list the driver reads on offline is the one it indexed.
+    assert_eq!(r.s.topics(), before);
+}
+
+#[test]
+fn bind_keeps_each_topic_once() {
+    let mut r = rig();
+    let mut f = bind_frame(1, "dev-1", "pk");
+    if let Body::Bind(b) = &mut f.body {
+        b.topics = topics(&["a", "b", "a", "c", "b"]);
+    }
+    let out = r.frame(0, f);
+    assert!(out.contains(&Action::Presence(PresenceChange::Online {
+        device_id: "dev-1".into(),
+        session_id: 7,
+        topics: topics(&["a", "b", "c"]),
+    })));
+    assert_eq!(r.s.topics(), topics(&["a", "b", "c"]));
+    // Leaving a topic given twice at bind leaves it entirely.
+    let out = r.frame(1, unsubscribe(2, &["a"]));
+    assert_eq!(
+        out[1],
+        Action::Send(Frame::topics_ack(2, topics(&["b", "c"])))
+    );
+}
+
+#[test]
+fn topics_ack_from_a_client_is_an_unknown_opcode() {
+    let mut r = rig();
+    r.frame(0, bind_frame(1, "dev-1", "pk"));
+    let out = r.frame(1, Frame::topics_ack(9, topics(&["news"])));
+    assert!(
+        matches!(&out[0], Action::Send(f) if f.seq == 9 && matches!(&f.body, Body::Error(e) if e.code() == Some(ErrorCode::UnknownOpcode)))
+    );
+    assert_eq!(close_reason(&out), Some(CloseReason::ProtocolError));
+}
