@@ -6,12 +6,18 @@
 #
 #   benches/fleet.sh [CONNECTIONS] [GATEWAYS] [DURATION]     (default 50000 3 60s)
 #
+# PUSH_RATE=1/s adds push load: miop-bench broadcasts through gateway 0's push
+# API (PUSH_TO, default all); with several gateways they share a private Redis
+# (port 7399) so the broadcast reaches every node. Push-to-ack latency
+# percentiles are then read from the gateways' histograms.
+#
 # Writes target/fleet/{summary.txt,run.json,run.html,gateways.txt}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 conns=${1:-50000}
 gateways=${2:-3}
 duration=${3:-60s}
+push_rate=${PUSH_RATE:-}
 out=target/fleet
 mkdir -p "$out"
 
@@ -20,9 +26,23 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
+gw_args=()
+bench_args=()
+if [ -n "$push_rate" ]; then
+  gw_args+=(--push-token bench-token)
+  bench_args+=(--push-rate "$push_rate" --push-api http://127.0.0.1:7810 --push-token bench-token --push-to "${PUSH_TO:-all}")
+  if [ "$gateways" -gt 1 ]; then
+    redis-server --port 7399 --bind 127.0.0.1 --save "" --appendonly no >"$out/redis.log" 2>&1 &
+    pids+=($!)
+    until redis-cli -p 7399 ping >/dev/null 2>&1; do sleep 0.1; done
+    gw_args+=(--redis redis://127.0.0.1:7399)
+  fi
+fi
+
 for i in $(seq 0 $((gateways - 1))); do
   ./target/release/miopd --listen 127.0.0.1:$((7710 + i)) --admin 127.0.0.1:$((7810 + i)) \
-    --app-key pk --cores 2 --heartbeat 30s >"$out/miopd-$i.out" 2>"$out/miopd-$i.log" &
+    --app-key pk --cores 2 --heartbeat 30s --node-id "gw$i" "${gw_args[@]}" \
+    >"$out/miopd-$i.out" 2>"$out/miopd-$i.log" &
   pids+=($!)
 done
 for i in $(seq 0 $((gateways - 1))); do
@@ -48,6 +68,37 @@ last=$((7710 + gateways - 1))
 extra=()
 [ "$gateways" -gt 1 ] && extra=(--target "127.0.0.1:7711-$last")
 ./target/release/miop-bench "miop://$(hostname):pk@127.0.0.1:7710/" -t 6 -c "$conns" -d "$duration" \
-  --latency --bind 127.0.0.2-127.0.0.9 "${extra[@]}" \
+  --latency --bind 127.0.0.2-127.0.0.9 "${extra[@]}" "${bench_args[@]}" \
   --json "$out/run.json" --report "$out/run.html" | tee "$out/summary.txt"
 echo "gateway samples:"; tail -n 3 "$out/gateways.txt"
+
+if [ -n "$push_rate" ]; then
+  for i in $(seq 0 $((gateways - 1))); do curl -s 127.0.0.1:$((7810 + i))/metrics; done >"$out/metrics.txt"
+  python3 - "$out/metrics.txt" <<'PY'
+import re, sys
+buckets, count, total = {}, 0.0, 0.0
+for line in open(sys.argv[1]):
+    m = re.match(r'miop_push_ack_latency_seconds_bucket\{le="([^"]+)"\} (\S+)', line)
+    if m:
+        le = float('inf') if m.group(1) == '+Inf' else float(m.group(1))
+        buckets[le] = buckets.get(le, 0.0) + float(m.group(2))
+    elif line.startswith('miop_push_ack_latency_seconds_count '):
+        count += float(line.split()[1])
+    elif line.startswith('miop_push_ack_latency_seconds_sum '):
+        total += float(line.split()[1])
+def q(p):
+    # Linear interpolation inside the bucket, as Prometheus' histogram_quantile.
+    target, prev_le, prev_c = p * count, 0.0, 0.0
+    for le in sorted(buckets):
+        c = buckets[le]
+        if c >= target:
+            if le == float('inf'):
+                return prev_le
+            return prev_le + (le - prev_le) * (target - prev_c) / max(c - prev_c, 1e-9)
+        prev_le, prev_c = le, c
+    return prev_le
+if count:
+    print("push-to-ack (all gateways, from histogram buckets): acks=%d mean=%.1fms p50~%.1fms p90~%.1fms p99~%.1fms"
+          % (count, 1000 * total / count, 1000 * q(.5), 1000 * q(.9), 1000 * q(.99)))
+PY
+fi
