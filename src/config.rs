@@ -85,6 +85,12 @@ pub struct Cli {
     #[arg(long, env = "MIOP_OUTBOUND_LIMIT")]
     pub outbound_limit: Option<usize>,
 
+    /// What to do with a device whose pushes pile up past --outbound-limit:
+    /// close it, or drop its oldest pushes (a client flooding requests without
+    /// reading is always closed).
+    #[arg(long, env = "MIOP_SLOW_CONSUMER", value_enum)]
+    pub slow_consumer: Option<SlowConsumerPolicy>,
+
     /// On SIGTERM/SIGINT, how long sessions get to receive Close before exit.
     #[arg(long, env = "MIOP_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
     pub drain_timeout: Option<Duration>,
@@ -121,6 +127,18 @@ pub enum Command {
     },
 }
 
+/// What happens to a device whose pushes pile up past --outbound-limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlowConsumerPolicy {
+    /// Close it with SLOW_CONSUMER (it reconnects; with a TTL its messages
+    /// can be kept offline by the backend).
+    #[default]
+    Close,
+    /// Keep it connected and drop its oldest queued pushes.
+    DropOldest,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -151,6 +169,7 @@ pub struct FileConfig {
     pub max_frame: Option<u32>,
     pub backlog: Option<u32>,
     pub outbound_limit: Option<usize>,
+    pub slow_consumer: Option<SlowConsumerPolicy>,
     #[serde(default, with = "opt_duration")]
     pub drain_timeout: Option<Duration>,
     pub node_id: Option<String>,
@@ -181,6 +200,7 @@ pub struct Config {
     pub push_token: Option<String>,
     pub redis: Option<String>,
     pub presence_lease: Duration,
+    pub slow_consumer: SlowConsumerPolicy,
     pub backlog: u32,
     pub drain_timeout: Duration,
     pub node_id: String,
@@ -277,6 +297,7 @@ impl Config {
             app_keys,
             token_secret: cli.token_secret.or(file.token_secret),
             push_token: cli.push_token.or(file.push_token).filter(|t| !t.is_empty()),
+            slow_consumer: cli.slow_consumer.or(file.slow_consumer).unwrap_or_default(),
             redis: cli.redis.or(file.redis),
             presence_lease: cli
                 .presence_lease

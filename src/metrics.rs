@@ -26,6 +26,7 @@ pub const PUSHES: &str = "miop_pushes_total";
 pub const PUSH_RECIPIENTS: &str = "miop_push_recipients_total";
 pub const PUSH_ACK_LATENCY: &str = "miop_push_ack_latency_seconds";
 pub const PUSHES_ROUTED: &str = "miop_pushes_routed_total";
+pub const OUTBOUND_DROPPED: &str = "miop_outbound_dropped_total";
 pub const OFFLINE_STORED: &str = "miop_offline_messages_stored_total";
 pub const OFFLINE_DELIVERED: &str = "miop_offline_messages_delivered_total";
 pub const OFFLINE_EXPIRED: &str = "miop_offline_messages_expired_total";
@@ -103,6 +104,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
         "The process's file descriptor limit after start-up."
     );
     describe_counter!(PUSHES, "Push API requests, by target kind and result.");
+    describe_counter!(
+        OUTBOUND_DROPPED,
+        "Queued pushes dropped for slow consumers (--slow-consumer drop-oldest)."
+    );
     describe_counter!(
         OFFLINE_STORED,
         "Messages kept in Redis for offline devices (one per device)."
@@ -228,4 +233,8 @@ pub fn kicked(reason: &'static str) {
 
 pub fn accept_error(errno: &'static str) {
     counter!(ACCEPT_ERRORS, "errno" => errno).increment(1);
+}
+
+pub fn outbound_dropped(n: u64) {
+    counter!(OUTBOUND_DROPPED).increment(n);
 }

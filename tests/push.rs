@@ -266,3 +266,86 @@ async fn a_device_that_never_reads_cannot_make_pushes_pile_up() {
     assert_eq!(r["delivered"], 1);
     assert_eq!(expect_push(&mut reader).await.1, b"still here");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_oldest_keeps_a_slow_device_connected_and_bounded() {
+    let gw = Miopd::start(&[
+        "--cores",
+        "1",
+        "--push-token",
+        TOKEN,
+        "--outbound-limit",
+        "262144",
+        "--slow-consumer",
+        "drop-oldest",
+    ]);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(gw.listen).await.unwrap();
+    let mut sleeper = Client::from_stream(stream);
+    sleeper
+        .bind("sleeper", Credential::AppKey(KEY.into()), vec![])
+        .await
+        .unwrap();
+    let body = format!(
+        r#"{{"to": {{"device": "sleeper"}}, "payload": "{}"}}"#,
+        "p".repeat(60_000)
+    );
+    let mut pushes = 0;
+    while gw.metric("miop_outbound_dropped_total").unwrap_or(0.0) == 0.0 {
+        let (status, text) = gw.post("/v1/push", &body, Some(TOKEN));
+        assert_eq!(status, 200, "{text}");
+        pushes += 1;
+        assert!(pushes < 2_000, "120 MB pushed and nothing was dropped");
+    }
+    // Still connected and bound; nothing closed as a slow consumer.
+    assert_eq!(gw.get("/v1/sessions/sleeper").0, 200);
+    assert_eq!(
+        gw.metric("miop_connections_closed_total{reason=\"slow_consumer\"}"),
+        None
+    );
+    // When it reads again, it gets whole frames (the newest), not garbage.
+    let f = next_frame(&mut sleeper, T).await.unwrap().unwrap();
+    assert!(
+        matches!(f.body, Body::Push(ref p) if p.payload.len() == 60_000),
+        "{:?}",
+        f.seq
+    );
+}
+
+#[tokio::test]
+async fn the_client_hands_out_a_redelivered_push_once() {
+    use miop::protocol::{Push, FLAG_ACK_REQUIRED};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A stand-in server that delivers message 7 twice, then message 8.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        for id in [7u64, 7, 8] {
+            let mut f = Frame::new(
+                0,
+                Body::Push(Push {
+                    message_id: id,
+                    payload: bytes::Bytes::from_static(b"m"),
+                }),
+            );
+            f.flags = FLAG_ACK_REQUIRED;
+            s.write_all(&f.to_bytes().unwrap()).await.unwrap();
+        }
+        // Three acks come back: duplicates are acknowledged again.
+        let mut acks = vec![0u8; 3 * 24];
+        s.read_exact(&mut acks).await.unwrap();
+        acks
+    });
+    let mut c = Client::connect(addr).await.unwrap();
+    let first = c.next_push().await.unwrap().unwrap();
+    let second = c.next_push().await.unwrap().unwrap();
+    assert_eq!((first.message_id, second.message_id), (7, 8));
+    let acks = server.await.unwrap();
+    let ids: Vec<u64> = acks
+        .chunks(24)
+        .map(|a| u64::from_be_bytes(a[16..24].try_into().unwrap()))
+        .collect();
+    assert_eq!(ids, vec![7, 7, 8]);
+}

@@ -44,7 +44,13 @@ pub struct Client {
     /// ping), handed out by `recv` in order.
     pending: VecDeque<Frame>,
     bind_ack: Option<BindAck>,
+    /// Recently received push ids, to suppress duplicates (a message can be
+    /// delivered again after a reconnect or from offline storage).
+    seen: VecDeque<u64>,
 }
+
+/// How many recent push ids are remembered for duplicate suppression.
+const SEEN_PUSHES: usize = 1024;
 
 impl Client {
     pub async fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
@@ -62,6 +68,7 @@ impl Client {
             next_seq: 1,
             pending: VecDeque::new(),
             bind_ack: None,
+            seen: VecDeque::new(),
         }
     }
 
@@ -161,6 +168,8 @@ impl Client {
     }
 
     /// Waits for the next push, acknowledging it if the server asked for an ack.
+    /// A push whose id was among the last 1024 received is acknowledged again
+    /// but not returned (at-least-once delivery, exactly-once to the caller).
     /// Returns `None` when the server closed the connection cleanly.
     pub async fn next_push(&mut self) -> Result<Option<Push>, ClientError> {
         loop {
@@ -172,6 +181,14 @@ impl Client {
                     if frame.flags & FLAG_ACK_REQUIRED != 0 {
                         self.ack(p.message_id).await?;
                     }
+                    // Acked again, but handed out once.
+                    if self.seen.contains(&p.message_id) {
+                        continue;
+                    }
+                    if self.seen.len() == SEEN_PUSHES {
+                        self.seen.pop_front();
+                    }
+                    self.seen.push_back(p.message_id);
                     return Ok(Some(p));
                 }
                 Body::Close(c) => return Err(closed(c)),

@@ -21,6 +21,7 @@ use super::node::{CoreCommand, DrainReport, PushOutcome, PushTargets, SessionVie
 use super::outbound::Outbound;
 use super::read_pool::ReadPool;
 use super::registry::Location;
+use crate::config::SlowConsumerPolicy;
 use crate::metrics::{self as m, CoreMetrics};
 use crate::protocol::{self, CloseReason};
 use crate::session::{Action, PresenceChange, Session, SessionState};
@@ -511,6 +512,7 @@ impl Core {
         let mut out = PushOutcome::default();
         let (mut flush, mut slow) = (Vec::new(), Vec::new());
         let mut missing = 0;
+        let mut dropped = 0u64;
         {
             let mut conns = self.conns.borrow_mut();
             let mut deliver = |slot: usize, c: &mut Conn| {
@@ -520,10 +522,18 @@ impl Core {
                 }
                 c.outbound.push(frame.clone());
                 out.delivered += 1;
+                let mut closing = false;
                 if c.outbound.len() > max {
-                    c.outbound.clear();
-                    slow.push((slot, c.session.session_id()));
-                } else if !c.writing {
+                    match self.node.slow_consumer {
+                        SlowConsumerPolicy::Close => {
+                            c.outbound.clear();
+                            slow.push((slot, c.session.session_id()));
+                            closing = true;
+                        }
+                        SlowConsumerPolicy::DropOldest => dropped += c.outbound.drop_oldest(max),
+                    }
+                }
+                if !closing && !c.writing {
                     flush.push((slot, c.session.session_id()));
                 }
             };
@@ -555,6 +565,9 @@ impl Core {
             }
         }
         out.gone += missing;
+        if dropped > 0 {
+            m::outbound_dropped(dropped);
+        }
         if ack && out.delivered > 0 {
             self.push_sent
                 .borrow_mut()

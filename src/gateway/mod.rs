@@ -92,6 +92,7 @@ pub fn start(
         started: Instant::now(),
         fd_limit,
         drain_timeout: cfg.drain_timeout,
+        slow_consumer: cfg.slow_consumer,
         incarnation: format!("{:08x}", fastrand::u32(..)),
         presence,
     });

@@ -23,6 +23,7 @@ pub struct Node {
     pub started: Instant,
     pub fd_limit: u64,
     pub drain_timeout: std::time::Duration,
+    pub slow_consumer: crate::config::SlowConsumerPolicy,
     /// Random per process start: makes session ids unique across restarts in
     /// shared presence.
     pub incarnation: String,

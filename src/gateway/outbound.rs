@@ -36,6 +36,19 @@ impl Outbound {
         Ok(())
     }
 
+    /// Drops the oldest queued frames (whole frames: the stream stays valid)
+    /// until at most `limit` bytes are queued, keeping at least the newest.
+    /// Returns how many were dropped.
+    pub fn drop_oldest(&mut self, limit: usize) -> u64 {
+        let mut dropped = 0;
+        while self.len > limit && self.chunks.len() > 1 {
+            let c = self.chunks.pop_front().expect("more than one chunk");
+            self.len -= c.len();
+            dropped += 1;
+        }
+        dropped
+    }
+
     /// Drops everything queued and frees the queue's memory.
     pub fn clear(&mut self) {
         *self = Outbound::default();
@@ -81,5 +94,16 @@ mod tests {
         assert_eq!(o.len(), 2 + 16);
         assert_eq!(o.take().unwrap().len(), 18);
         assert_eq!(o.len(), 0);
+    }
+
+    #[test]
+    fn drop_oldest_keeps_the_newest_whole_frames() {
+        let mut o = Outbound::default();
+        for i in 0..5u8 {
+            o.push(Bytes::from(vec![i; 10]));
+        }
+        assert_eq!(o.drop_oldest(25), 3);
+        assert_eq!(o.len(), 20);
+        assert_eq!(&o.take().unwrap()[..], &[[3u8; 10], [4u8; 10]].concat()[..]);
     }
 }
