@@ -27,6 +27,7 @@ pub const PUSH_RECIPIENTS: &str = "miop_push_recipients_total";
 pub const PUSH_ACK_LATENCY: &str = "miop_push_ack_latency_seconds";
 pub const PUSHES_ROUTED: &str = "miop_pushes_routed_total";
 pub const OUTBOUND_DROPPED: &str = "miop_outbound_dropped_total";
+pub const UNACKED: &str = "miop_unacked_pushes_total";
 pub const OFFLINE_STORED: &str = "miop_offline_messages_stored_total";
 pub const OFFLINE_DELIVERED: &str = "miop_offline_messages_delivered_total";
 pub const OFFLINE_EXPIRED: &str = "miop_offline_messages_expired_total";
@@ -104,6 +105,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
         "The process's file descriptor limit after start-up."
     );
     describe_counter!(PUSHES, "Push API requests, by target kind and result.");
+    describe_counter!(UNACKED, "Pushes with a TTL still unacked when their session ended, by fate (kept_offline, dropped).");
     describe_counter!(
         OUTBOUND_DROPPED,
         "Queued pushes dropped for slow consumers (--slow-consumer drop-oldest)."
@@ -237,4 +239,8 @@ pub fn accept_error(errno: &'static str) {
 
 pub fn outbound_dropped(n: u64) {
     counter!(OUTBOUND_DROPPED).increment(n);
+}
+
+pub fn unacked(n: u64, fate: &'static str) {
+    counter!(UNACKED, "fate" => fate).increment(n);
 }

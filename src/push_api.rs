@@ -198,7 +198,27 @@ pub async fn handle(
         }
     };
     let id = gateway.next_message_id();
-    let local = match push_local(&gateway.node, id, &req.to, req.payload.clone(), req.ack).await {
+    // Pushes to devices with a TTL are at-least-once: unacked copies are kept
+    // until the TTL passes and go to offline storage if the session ends
+    // before acknowledging. (Not for topics and broadcasts: a copy per
+    // recipient of a broadcast would cost memory per session.)
+    let addressed = matches!(req.to, PushTo::Devices(_));
+    let keep_until_ms = req.ttl.filter(|t| *t > 0 && addressed).map(|t| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+            + t * 1000
+    });
+    let local = match push_local(
+        &gateway.node,
+        id,
+        &req.to,
+        req.payload.clone(),
+        req.ack,
+        keep_until_ms,
+    )
+    .await
+    {
         Ok(l) => l,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
@@ -207,7 +227,8 @@ pub async fn handle(
     // With shared presence, what is not held here goes to the node that holds
     // it; topic pushes and broadcasts go to every node.
     if let Some(p) = presence {
-        let msg = RoutedPush::new(id, req.ack, &req.payload, &gateway.node.node_id, &req.to);
+        let mut msg = RoutedPush::new(id, req.ack, &req.payload, &gateway.node.node_id, &req.to);
+        msg.keep_until_ms = keep_until_ms;
         match &req.to {
             PushTo::Devices(_) if !local.not_here.is_empty() => {
                 match p.route(&msg, local.not_here).await {

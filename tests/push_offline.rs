@@ -145,3 +145,46 @@ async fn without_a_ttl_an_offline_device_is_a_404() {
     );
     assert_eq!((status, r["offline"].as_u64()), (200, Some(2)), "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacked_push_is_delivered_again_after_reconnect_and_an_acked_one_is_not() {
+    let redis = Redis::start();
+    let a = node(&redis, "A");
+    ready(&a);
+    // Received but never acknowledged: the device went away first.
+    let mut c = a.bound("forgetful").await;
+    let (_, r) = push(
+        &a,
+        r#"{"to": {"device": "forgetful"}, "payload": "important", "ttl": 60}"#,
+    );
+    let id = r["id"].as_u64().unwrap();
+    assert_eq!(next_push(&mut c).await, (id, b"important".to_vec()));
+    drop(c);
+    wait_until(T, "kept offline", || {
+        redis.cli(&["LLEN", "miop:offline:forgetful"]).trim() == "1"
+    });
+    assert_eq!(
+        a.metric("miop_unacked_pushes_total{fate=\"kept_offline\"}"),
+        Some(1.0)
+    );
+    let mut again = a.bound("forgetful").await;
+    assert_eq!(next_push(&mut again).await, (id, b"important".to_vec()));
+    again.ack(id).await.unwrap();
+
+    // Acknowledged before leaving: nothing comes back.
+    let (_, r) = push(
+        &a,
+        r#"{"to": {"device": "forgetful"}, "payload": "seen", "ttl": 60}"#,
+    );
+    let id2 = r["id"].as_u64().unwrap();
+    assert_eq!(next_push(&mut again).await, (id2, b"seen".to_vec()));
+    again.ack(id2).await.unwrap();
+    // The ack is processed before the goodbye (same connection, in order).
+    again.close().await.unwrap();
+    wait_until(T, "offline", || a.metric("miop_sessions") == Some(0.0));
+    assert_eq!(redis.cli(&["EXISTS", "miop:offline:forgetful"]).trim(), "0");
+    assert_eq!(
+        a.metric("miop_unacked_pushes_total{fate=\"kept_offline\"}"),
+        Some(1.0)
+    );
+}

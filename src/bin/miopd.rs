@@ -88,7 +88,15 @@ fn run(config: Config) -> Result<(), String> {
     if config.redis.is_some() {
         metrics::gauge!(miop::metrics::REDIS_UP).set(0.0);
     }
-    let gw = gateway::start(&config, auth.clone(), fd_limit, pending.clone())?;
+    // Unacked pushes of ended sessions go to offline storage (with Redis).
+    let (unacked_tx, unacked_rx) = match config.redis {
+        Some(_) => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
+    let gw = gateway::start(&config, auth.clone(), fd_limit, pending.clone(), unacked_tx)?;
     tracing::info!(
         node = %config.node_id,
         listen = %gw.listen_addr,
@@ -125,6 +133,9 @@ fn run(config: Config) -> Result<(), String> {
                     command_timeout: Duration::from_secs(2),
                 };
                 let p = RedisPresence::start(settings, gw.node.clone(), pending)?;
+                if let Some(rx) = unacked_rx {
+                    tokio::spawn(p.clone().keep_unacked(rx));
+                }
                 tracing::info!(redis = %url, lease_ms = config.presence_lease.as_millis() as u64,
                     "presence in Redis (connecting in the background; sessions never wait for it)");
                 Some(p)

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 use slab::Slab;
@@ -17,7 +17,10 @@ use tokio::sync::{mpsc, Notify};
 use tokio_uring::net::{TcpListener, TcpStream};
 
 use super::log_limit::RateLimitedLog;
-use super::node::{CoreCommand, DrainReport, PushOutcome, PushTargets, SessionView, SharedNode};
+use super::node::{
+    CoreCommand, DrainReport, PushOutcome, PushTargets, SessionView, SharedNode, Unacked,
+    UnackedHandoff,
+};
 use super::outbound::Outbound;
 use super::read_pool::ReadPool;
 use super::registry::Location;
@@ -72,7 +75,14 @@ pub struct Core {
     /// Send time of pushes awaiting PushAcks, by message id (one entry per
     /// message per core, however many recipients), for push-to-ack latency.
     push_sent: RefCell<HashMap<u64, Instant>>,
+    /// Pushes with a TTL awaiting their PushAck, per session: handed to offline
+    /// storage if the session ends first. Only sessions with unacked pushes
+    /// have an entry, so idle sessions pay nothing.
+    unacked: RefCell<HashMap<(usize, u64), VecDeque<Unacked>>>,
 }
+
+/// Most unacked pushes remembered per session (the oldest go first).
+const MAX_UNACKED_PER_SESSION: usize = 100;
 
 impl Core {
     pub fn new(id: u16, node: SharedNode) -> Core {
@@ -94,6 +104,7 @@ impl Core {
             slow_log: RateLimitedLog::new(Duration::from_secs(5)),
             topics: RefCell::new(HashMap::new()),
             push_sent: RefCell::new(HashMap::new()),
+            unacked: RefCell::new(HashMap::new()),
         }
     }
 
@@ -126,9 +137,10 @@ impl Core {
                     frame,
                     message_id,
                     ack,
+                    keep_until_ms,
                     reply,
                 } => {
-                    let _ = reply.send(self.push(targets, frame, message_id, ack));
+                    let _ = reply.send(self.push(targets, frame, message_id, ack, keep_until_ms));
                 }
                 CoreCommand::Drain { reply } => {
                     let report = self.drain(listen_fd).await;
@@ -373,6 +385,7 @@ impl Core {
                     self.metrics.sessions.decrement(1.0);
                     self.node.registry.unbind(&device_id, session_id);
                     self.leave_topics(slot, session_id);
+                    self.hand_off_unacked(&device_id, slot, session_id);
                     if let Some(p) = &self.node.presence {
                         p.mark(&device_id);
                     }
@@ -384,6 +397,14 @@ impl Core {
                 Action::BindRejected(code) => m::bind_rejected(code.name()),
                 Action::Acked { message_id } => {
                     self.metrics.push_acks.increment(1);
+                    let mut unacked = self.unacked.borrow_mut();
+                    if let Some(q) = unacked.get_mut(&(slot, sid)) {
+                        q.retain(|u| u.message_id != message_id);
+                        if q.is_empty() {
+                            unacked.remove(&(slot, sid));
+                        }
+                    }
+                    drop(unacked);
                     if let Some(sent) = self.push_sent.borrow().get(&message_id) {
                         self.metrics
                             .push_ack_latency
@@ -487,6 +508,39 @@ impl Core {
 
     /// The session went offline: it leaves every topic it holds now (joined
     /// at Bind or by Subscribe, minus those left by Unsubscribe).
+    /// Unacked pushes of an ended session go to offline storage (with Redis),
+    /// so the device gets them again when it binds; the client library drops
+    /// the duplicates it already saw.
+    fn hand_off_unacked(&self, device_id: &str, slot: usize, sid: u64) {
+        let Some(messages) = self.unacked.borrow_mut().remove(&(slot, sid)) else {
+            return;
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let messages: Vec<Unacked> = messages
+            .into_iter()
+            .filter(|u| u.keep_until_ms > now)
+            .collect();
+        if messages.is_empty() {
+            return;
+        }
+        let n = messages.len() as u64;
+        match &self.node.unacked_tx {
+            Some(tx)
+                if tx
+                    .send(UnackedHandoff {
+                        device_id: device_id.into(),
+                        messages,
+                    })
+                    .is_ok() =>
+            {
+                m::unacked(n, "kept_offline")
+            }
+            _ => m::unacked(n, "dropped"),
+        }
+    }
+
     fn leave_topics(&self, slot: usize, sid: u64) {
         let topics: Vec<String> = match self.conns.borrow().get(slot).filter(|c| c.is(sid)) {
             Some(c) => c.session.topics().to_vec(),
@@ -507,12 +561,14 @@ impl Core {
         frame: Bytes,
         message_id: u64,
         ack: bool,
+        keep_until_ms: Option<u64>,
     ) -> PushOutcome {
         let max = self.node.session.max_outbound_bytes;
         let mut out = PushOutcome::default();
         let (mut flush, mut slow) = (Vec::new(), Vec::new());
         let mut missing = 0;
         let mut dropped = 0u64;
+        let mut kept = Vec::new();
         {
             let mut conns = self.conns.borrow_mut();
             let mut deliver = |slot: usize, c: &mut Conn| {
@@ -522,6 +578,9 @@ impl Core {
                 }
                 c.outbound.push(frame.clone());
                 out.delivered += 1;
+                if keep_until_ms.is_some() {
+                    kept.push((slot, c.session.session_id()));
+                }
                 let mut closing = false;
                 if c.outbound.len() > max {
                     match self.node.slow_consumer {
@@ -565,6 +624,20 @@ impl Core {
             }
         }
         out.gone += missing;
+        if let Some(until) = keep_until_ms {
+            let mut unacked = self.unacked.borrow_mut();
+            for key in kept {
+                let q = unacked.entry(key).or_default();
+                if q.len() == MAX_UNACKED_PER_SESSION {
+                    q.pop_front();
+                }
+                q.push_back(Unacked {
+                    message_id,
+                    frame: frame.clone(),
+                    keep_until_ms: until,
+                });
+            }
+        }
         if dropped > 0 {
             m::outbound_dropped(dropped);
         }

@@ -24,7 +24,9 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use self::listener::somaxconn;
 pub use self::log_limit::RateLimitedLog;
-pub use self::node::{CoreCommand, DrainReport, Node, PushOutcome, PushTargets, SessionView};
+pub use self::node::{
+    CoreCommand, DrainReport, Node, PushOutcome, PushTargets, SessionView, Unacked, UnackedHandoff,
+};
 pub use self::push::{push_local, LocalPush, PushReport, PushTo};
 pub use self::registry::{Location, Registry};
 use crate::auth::Authenticator;
@@ -69,6 +71,7 @@ pub fn start(
     auth: Authenticator,
     fd_limit: u64,
     presence: Option<Arc<crate::presence::PendingChanges>>,
+    unacked_tx: Option<mpsc::UnboundedSender<UnackedHandoff>>,
 ) -> Result<Gateway, String> {
     let listeners = listener::bind_all(cfg.listen, cfg.cores, cfg.backlog)
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
@@ -93,6 +96,7 @@ pub fn start(
         fd_limit,
         drain_timeout: cfg.drain_timeout,
         slow_consumer: cfg.slow_consumer,
+        unacked_tx,
         incarnation: format!("{:08x}", fastrand::u32(..)),
         presence,
     });
@@ -176,7 +180,7 @@ impl Gateway {
         ack: bool,
     ) -> Result<PushReport, String> {
         let id = self.next_message_id();
-        Ok(push::push_local(&self.node, id, &to, payload, ack)
+        Ok(push::push_local(&self.node, id, &to, payload, ack, None)
             .await?
             .report)
     }

@@ -24,6 +24,9 @@ pub struct Node {
     pub fd_limit: u64,
     pub drain_timeout: std::time::Duration,
     pub slow_consumer: crate::config::SlowConsumerPolicy,
+    /// Where cores hand unacked messages of ended sessions (None: standalone,
+    /// they are dropped and counted).
+    pub unacked_tx: Option<mpsc::UnboundedSender<UnackedHandoff>>,
     /// Random per process start: makes session ids unique across restarts in
     /// shared presence.
     pub incarnation: String,
@@ -52,6 +55,9 @@ pub enum CoreCommand {
         message_id: u64,
         /// The frame asks for a PushAck (push-to-ack latency is measured).
         ack: bool,
+        /// Keep unacked copies until then (unix ms), to redeliver them via
+        /// offline storage if the session ends first (at-least-once).
+        keep_until_ms: Option<u64>,
         reply: oneshot::Sender<PushOutcome>,
     },
     /// Stop accepting, send Close(SERVER_SHUTDOWN) to every session, and report
@@ -95,4 +101,21 @@ pub struct PushOutcome {
     pub delivered: u64,
     /// Targets that were gone or closing by the time the core got the push.
     pub gone: u64,
+}
+
+/// A pushed message a session did not acknowledge before it ended.
+#[derive(Debug, Clone)]
+pub struct Unacked {
+    pub message_id: u64,
+    /// The encoded Push frame (the payload starts at byte 24).
+    pub frame: bytes::Bytes,
+    /// Keep it until then (unix ms).
+    pub keep_until_ms: u64,
+}
+
+/// Unacked messages of a device whose session ended, for offline storage.
+#[derive(Debug)]
+pub struct UnackedHandoff {
+    pub device_id: Box<str>,
+    pub messages: Vec<Unacked>,
 }

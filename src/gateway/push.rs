@@ -48,6 +48,7 @@ pub async fn push_local(
     to: &PushTo,
     payload: bytes::Bytes,
     ack: bool,
+    keep_until_ms: Option<u64>,
 ) -> Result<LocalPush, String> {
     let frame = Frame {
         seq: 0,
@@ -98,6 +99,7 @@ pub async fn push_local(
             frame: frame.clone(),
             message_id: id,
             ack,
+            keep_until_ms: keep_until_ms.filter(|_| ack),
             reply,
         };
         if node.cores[core].send(cmd).is_ok() {

@@ -925,7 +925,16 @@ impl RedisPresence {
         };
         let node = self.node.clone();
         tokio::spawn(async move {
-            match crate::gateway::push_local(&node, msg.id, &to, payload, msg.ack).await {
+            match crate::gateway::push_local(
+                &node,
+                msg.id,
+                &to,
+                payload,
+                msg.ack,
+                msg.keep_until_ms,
+            )
+            .await
+            {
                 Ok(r) => {
                     metrics::counter!(m::PUSH_RECIPIENTS, "outcome" => "delivered")
                         .increment(r.report.delivered);
@@ -933,6 +942,38 @@ impl RedisPresence {
                 Err(e) => tracing::warn!(error = %e, "routed push not delivered"),
             }
         });
+    }
+}
+
+impl RedisPresence {
+    /// Stores the unacked pushes of ended sessions as offline messages, so
+    /// the device gets them again when it binds (at-least-once delivery).
+    pub async fn keep_unacked(
+        self: Arc<Self>,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::gateway::UnackedHandoff>,
+    ) {
+        while let Some(h) = rx.recv().await {
+            let now = unix_ms();
+            for u in h.messages {
+                let Some(left_ms) = u.keep_until_ms.checked_sub(now).filter(|l| *l > 0) else {
+                    continue;
+                };
+                let payload = u.frame.slice(crate::protocol::HEADER_LEN + 8..);
+                let msg = RoutedPush::new(
+                    u.message_id,
+                    true,
+                    &payload,
+                    self.me(),
+                    &crate::gateway::PushTo::Devices(Vec::new()),
+                );
+                if let Err(e) = self
+                    .store_offline(&msg, left_ms.div_ceil(1000), &[h.device_id.to_string()])
+                    .await
+                {
+                    self.warn("cannot keep an unacked push offline", &e);
+                }
+            }
+        }
     }
 }
 
@@ -1080,6 +1121,7 @@ impl RedisPresence {
                     &to,
                     payload.into(),
                     entry.ack,
+                    Some(entry.exp_ms),
                 )
                 .await
                 {
@@ -1119,6 +1161,9 @@ pub struct RoutedPush {
     /// Every session.
     #[serde(default)]
     pub all: bool,
+    /// Keep unacked copies until then (unix ms): the push had a TTL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_until_ms: Option<u64>,
 }
 
 impl RoutedPush {
@@ -1144,6 +1189,7 @@ impl RoutedPush {
                 _ => None,
             },
             all: matches!(to, PushTo::All),
+            keep_until_ms: None,
         }
     }
 
