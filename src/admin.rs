@@ -65,6 +65,7 @@ async fn healthz(State(s): State<AdminState>) -> Response {
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
+    crate::metrics::collect();
     (
         [(
             header::CONTENT_TYPE,

@@ -27,6 +27,10 @@ pub const PUSH_RECIPIENTS: &str = "miop_push_recipients_total";
 pub const PUSH_ACK_LATENCY: &str = "miop_push_ack_latency_seconds";
 pub const PUSHES_ROUTED: &str = "miop_pushes_routed_total";
 pub const OUTBOUND_DROPPED: &str = "miop_outbound_dropped_total";
+pub const CORE_SESSIONS: &str = "miop_core_sessions";
+pub const CORE_CONNECTIONS: &str = "miop_core_connections";
+pub const LISTEN_OVERFLOWS: &str = "miop_kernel_listen_overflows_total";
+pub const LISTEN_DROPS: &str = "miop_kernel_listen_drops_total";
 pub const UNACKED: &str = "miop_unacked_pushes_total";
 pub const OFFLINE_STORED: &str = "miop_offline_messages_stored_total";
 pub const OFFLINE_DELIVERED: &str = "miop_offline_messages_delivered_total";
@@ -105,6 +109,11 @@ pub fn install() -> Result<PrometheusHandle, String> {
         "The process's file descriptor limit after start-up."
     );
     describe_counter!(PUSHES, "Push API requests, by target kind and result.");
+    describe_gauge!(CORE_SESSIONS, "Bound sessions per I/O core.");
+    describe_gauge!(CORE_CONNECTIONS, "Open device connections per I/O core.");
+    describe_counter!(LISTEN_OVERFLOWS, "Kernel TCP accept-queue overflows (ListenOverflows in /proc/net/netstat; whole network namespace).");
+    describe_counter!(LISTEN_DROPS, "Kernel TCP SYNs dropped at listening sockets (ListenDrops in /proc/net/netstat; whole network namespace).");
+    process_collector().describe();
     describe_counter!(UNACKED, "Pushes with a TTL still unacked when their session ended, by fate (kept_offline, dropped).");
     describe_counter!(
         OUTBOUND_DROPPED,
@@ -198,11 +207,16 @@ pub struct CoreMetrics {
     pub bind_timeouts: Counter,
     pub push_acks: Counter,
     pub push_ack_latency: Histogram,
+    pub core_sessions: Gauge,
+    pub core_connections: Gauge,
 }
 
 impl CoreMetrics {
-    pub fn new() -> CoreMetrics {
+    pub fn new(core: u16) -> CoreMetrics {
+        let core = core.to_string();
         CoreMetrics {
+            core_sessions: gauge!(CORE_SESSIONS, "core" => core.clone()),
+            core_connections: gauge!(CORE_CONNECTIONS, "core" => core),
             sessions: gauge!(SESSIONS),
             connections: gauge!(CONNECTIONS),
             accepted: counter!(ACCEPTED),
@@ -212,12 +226,6 @@ impl CoreMetrics {
             push_acks: counter!(PUSH_ACKS),
             push_ack_latency: histogram!(PUSH_ACK_LATENCY),
         }
-    }
-}
-
-impl Default for CoreMetrics {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -243,4 +251,47 @@ pub fn outbound_dropped(n: u64) {
 
 pub fn unacked(n: u64, fate: &'static str) {
     counter!(UNACKED, "fate" => fate).increment(n);
+}
+
+/// Process metrics (RSS, CPU, open and max fds, threads), refreshed at every
+/// scrape by [`collect`].
+fn process_collector() -> &'static metrics_process::Collector {
+    static C: std::sync::OnceLock<metrics_process::Collector> = std::sync::OnceLock::new();
+    C.get_or_init(metrics_process::Collector::default)
+}
+
+/// Refreshes the values read from the OS: process metrics and the kernel's
+/// listen-queue counters. Called before each render of /metrics.
+pub fn collect() {
+    process_collector().collect();
+    if let Some((overflows, drops)) = listen_counters() {
+        counter!(LISTEN_OVERFLOWS).absolute(overflows);
+        counter!(LISTEN_DROPS).absolute(drops);
+    }
+}
+
+/// ListenOverflows and ListenDrops from /proc/net/netstat: a connect burst
+/// that overflows the accept queue (the seed's "TCP queue overflow") shows here.
+fn listen_counters() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let names: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let values: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let get = |name: &str| {
+        names
+            .iter()
+            .position(|n| *n == name)
+            .and_then(|i| values.get(i))
+            .and_then(|v| v.parse().ok())
+    };
+    Some((get("ListenOverflows")?, get("ListenDrops")?))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn listen_counters_are_read_from_proc() {
+        let (o, d) = super::listen_counters().expect("TcpExt in /proc/net/netstat");
+        assert!(d >= o, "ListenDrops includes overflows: {d} < {o}");
+    }
 }

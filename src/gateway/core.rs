@@ -98,7 +98,7 @@ impl Core {
             reads: ReadPool::new(READ_BUFFERS),
             draining: Cell::new(false),
             drained: Notify::new(),
-            metrics: CoreMetrics::new(),
+            metrics: CoreMetrics::new(id),
             node,
             accept_log: RateLimitedLog::new(Duration::from_secs(5)),
             slow_log: RateLimitedLog::new(Duration::from_secs(5)),
@@ -226,6 +226,7 @@ impl Core {
         });
         self.metrics.accepted.increment(1);
         self.metrics.connections.increment(1.0);
+        self.metrics.core_connections.increment(1.0);
         tokio_uring::spawn(super::connection::read_loop(
             self.clone(),
             slot,
@@ -360,6 +361,7 @@ impl Core {
                 }) => {
                     self.join_topics(slot, session_id, topics);
                     self.metrics.sessions.increment(1.0);
+                    self.metrics.core_sessions.increment(1.0);
                     self.metrics.binds_ok.increment(1);
                     let since_ms = SystemTime::now()
                         .duration_since(UNIX_EPOCH)
@@ -383,6 +385,7 @@ impl Core {
                     ..
                 }) => {
                     self.metrics.sessions.decrement(1.0);
+                    self.metrics.core_sessions.decrement(1.0);
                     self.node.registry.unbind(&device_id, session_id);
                     self.leave_topics(slot, session_id);
                     self.hand_off_unacked(&device_id, slot, session_id);
@@ -731,6 +734,7 @@ impl Core {
             // the connection.
             let _ = c.stream.shutdown(Shutdown::Both);
             self.metrics.connections.decrement(1.0);
+            self.metrics.core_connections.decrement(1.0);
             if self.draining.get() && conns.is_empty() {
                 self.drained.notify_one();
             }
