@@ -287,6 +287,94 @@ fn listen_counters() -> Option<(u64, u64)> {
     Some((get("ListenOverflows")?, get("ListenDrops")?))
 }
 
+/// Registers every counter with each label value it can take, at 0, so that
+/// series exist from the start: `rate()` and alerts see a 0 instead of "no
+/// data" before the first event. Presence metrics only when Redis is used.
+pub fn init_zero(presence: bool) {
+    use crate::protocol::CloseReason;
+    for r in [
+        "ok",
+        "malformed",
+        "frame_too_large",
+        "unsupported_version",
+        "unknown_opcode",
+        "auth_failed",
+    ]
+    .into_iter()
+    .chain(["not_bound", "already_bound", "invalid_device_id"])
+    {
+        counter!(BINDS, "result" => r).increment(0);
+    }
+    for c in 0..=8u16 {
+        if let Some(r) = CloseReason::from_u16(c) {
+            counter!(CLOSES, "reason" => r.name()).increment(0);
+        }
+    }
+    for r in ["peer_closed", "io_error"] {
+        counter!(CLOSES, "reason" => r).increment(0);
+    }
+    counter!(KICKS, "reason" => "replaced").increment(0);
+    for e in [
+        "EMFILE",
+        "ENFILE",
+        "ENOBUFS",
+        "ENOMEM",
+        "ECONNABORTED",
+        "other",
+    ] {
+        counter!(ACCEPT_ERRORS, "errno" => e).increment(0);
+    }
+    for kind in ["device", "devices", "topic", "all"] {
+        for result in ["ok", "not_found"] {
+            counter!(PUSHES, "kind" => kind, "result" => result).increment(0);
+        }
+    }
+    for result in ["unauthorized", "invalid"] {
+        counter!(PUSHES, "kind" => "unknown", "result" => result).increment(0);
+    }
+    for o in ["delivered", "unknown"] {
+        counter!(PUSH_RECIPIENTS, "outcome" => o).increment(0);
+    }
+    for f in ["kept_offline", "dropped"] {
+        counter!(UNACKED, "fate" => f).increment(0);
+    }
+    for c in [
+        HEARTBEAT_TIMEOUTS,
+        BIND_TIMEOUTS,
+        PUSH_ACKS,
+        OUTBOUND_DROPPED,
+    ] {
+        counter!(c).increment(0);
+    }
+    if presence {
+        for c in [
+            REDIS_RECONNECTS,
+            RECONCILIATIONS,
+            NODE_CLEANUPS,
+            CLEANED_ENTRIES,
+            OFFLINE_STORED,
+            OFFLINE_DELIVERED,
+            OFFLINE_EXPIRED,
+        ] {
+            counter!(c).increment(0);
+        }
+        for r in ["ok", "error"] {
+            counter!(PRESENCE_WRITES, "result" => r).increment(0);
+        }
+        for k in ["missing", "mismatched", "stale"] {
+            counter!(RECONCILE_FIXES, "kind" => k).increment(0);
+        }
+        for d in ["sent", "received"] {
+            counter!(REMOTE_KICKS, "direction" => d).increment(0);
+        }
+        for k in ["devices", "fanout"] {
+            counter!(PUSHES_ROUTED, "kind" => k).increment(0);
+        }
+        gauge!(PRESENCE_QUEUE).set(0.0);
+        gauge!(PRESENCE_LAG).set(0.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -77,6 +77,7 @@ fn run(config: Config) -> Result<(), String> {
     }
     let fd_limit = gateway::raise_fd_limit();
     let metrics = miop::metrics::install()?;
+    miop::metrics::init_zero(config.redis.is_some());
     metrics::gauge!(miop::metrics::CORES).set(config.cores as f64);
     metrics::gauge!(miop::metrics::FD_LIMIT).set(fd_limit as f64);
 
