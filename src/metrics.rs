@@ -28,6 +28,8 @@ pub const PUSH_ACK_LATENCY: &str = "miop_push_ack_latency_seconds";
 pub const PUSHES_ROUTED: &str = "miop_pushes_routed_total";
 pub const OUTBOUND_DROPPED: &str = "miop_outbound_dropped_total";
 pub const CORE_SESSIONS: &str = "miop_core_sessions";
+pub const BIND_DURATION: &str = "miop_bind_duration_seconds";
+pub const READ_HANDLING: &str = "miop_read_handling_seconds";
 pub const CORE_CONNECTIONS: &str = "miop_core_connections";
 pub const LISTEN_OVERFLOWS: &str = "miop_kernel_listen_overflows_total";
 pub const LISTEN_DROPS: &str = "miop_kernel_listen_drops_total";
@@ -72,6 +74,23 @@ pub fn install() -> Result<PrometheusHandle, String> {
                 ],
             )
         })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(BIND_DURATION.into()),
+                &[
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ],
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(READ_HANDLING.into()),
+                &[
+                    0.000_005, 0.00001, 0.000_025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005,
+                    0.01,
+                ],
+            )
+        })
         .map_err(|e| format!("invalid histogram buckets: {e}"))?
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
@@ -110,6 +129,12 @@ pub fn install() -> Result<PrometheusHandle, String> {
     );
     describe_counter!(PUSHES, "Push API requests, by target kind and result.");
     describe_gauge!(CORE_SESSIONS, "Bound sessions per I/O core.");
+    describe_histogram!(
+        BIND_DURATION,
+        Unit::Seconds,
+        "Time from accepting a connection to its successful Bind."
+    );
+    describe_histogram!(READ_HANDLING, Unit::Seconds, "Core time to handle one read (decoding and answering its frames: heartbeats, binds, acks).");
     describe_gauge!(CORE_CONNECTIONS, "Open device connections per I/O core.");
     describe_counter!(LISTEN_OVERFLOWS, "Kernel TCP accept-queue overflows (ListenOverflows in /proc/net/netstat; whole network namespace).");
     describe_counter!(LISTEN_DROPS, "Kernel TCP SYNs dropped at listening sockets (ListenDrops in /proc/net/netstat; whole network namespace).");
@@ -208,6 +233,8 @@ pub struct CoreMetrics {
     pub push_acks: Counter,
     pub push_ack_latency: Histogram,
     pub core_sessions: Gauge,
+    pub bind_duration: Histogram,
+    pub read_handling: Histogram,
     pub core_connections: Gauge,
 }
 
@@ -216,6 +243,8 @@ impl CoreMetrics {
         let core = core.to_string();
         CoreMetrics {
             core_sessions: gauge!(CORE_SESSIONS, "core" => core.clone()),
+            bind_duration: histogram!(BIND_DURATION),
+            read_handling: histogram!(READ_HANDLING),
             core_connections: gauge!(CORE_CONNECTIONS, "core" => core),
             sessions: gauge!(SESSIONS),
             connections: gauge!(CONNECTIONS),

@@ -347,3 +347,67 @@ fn the_deploy_kit_passes_promtool() {
         );
     }
 }
+
+#[test]
+fn the_compose_file_and_grafana_provisioning_parse() {
+    let read =
+        |p: &str| std::fs::read_to_string(format!("{}/{p}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let compose: serde_yaml::Value =
+        serde_yaml::from_str(&read("deploy/docker-compose.yml")).expect("compose parses");
+    let services = compose["services"].as_mapping().expect("services");
+    for s in ["redis", "gateway-1", "gateway-2", "prometheus", "grafana"] {
+        assert!(services.contains_key(s), "compose lacks {s}");
+    }
+    for p in [
+        "grafana/provisioning/datasources/prometheus.yml",
+        "grafana/provisioning/dashboards/miop.yml",
+    ] {
+        let _: serde_yaml::Value =
+            serde_yaml::from_str(&read(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    }
+    let ds = read("grafana/provisioning/datasources/prometheus.yml");
+    assert!(
+        ds.contains("http://prometheus:9090"),
+        "datasource must reach the compose service"
+    );
+    let dash = read("grafana/dashboards/miop-gateway.json");
+    assert!(dash.contains("\"${datasource}\"") && !dash.contains("DS_PROMETHEUS"));
+}
+
+#[test]
+fn systemd_accepts_the_unit() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("systemd-analyze is not installed here; unit not verified");
+        return;
+    }
+    // Point ExecStart at the binary this test built, then verify.
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/systemd/miopd.service"
+    ))
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("miop-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("miopd.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/miopd", env!("CARGO_BIN_EXE_miopd")),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

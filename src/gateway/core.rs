@@ -70,6 +70,9 @@ pub struct Core {
     metrics: CoreMetrics,
     accept_log: RateLimitedLog,
     slow_log: RateLimitedLog,
+    /// Refused binds and protocol errors: a flood of bad clients must not
+    /// flood the log.
+    client_error_log: RateLimitedLog,
     /// Sessions by topic (joined at Bind or by Subscribe), for topic pushes.
     topics: RefCell<TopicIndex>,
     /// Send time of pushes awaiting PushAcks, by message id (one entry per
@@ -102,6 +105,7 @@ impl Core {
             node,
             accept_log: RateLimitedLog::new(Duration::from_secs(5)),
             slow_log: RateLimitedLog::new(Duration::from_secs(5)),
+            client_error_log: RateLimitedLog::new(Duration::from_secs(5)),
             topics: RefCell::new(HashMap::new()),
             push_sent: RefCell::new(HashMap::new()),
             unacked: RefCell::new(HashMap::new()),
@@ -292,7 +296,10 @@ impl Core {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        tracing::debug!(core = self.id, peer = %c.peer, error = %e, "protocol error");
+                        let peer = c.peer;
+                        self.client_error_log.warn(|suppressed| {
+                            tracing::warn!(core = self.id, %peer, error = %e, suppressed, "protocol error; closing the connection")
+                        });
                         c.session.handle_decode_error(&e, &mut actions);
                         break;
                     }
@@ -305,6 +312,9 @@ impl Core {
             }
         }
         self.apply(slot, sid, actions);
+        self.metrics
+            .read_handling
+            .record(now.elapsed().as_secs_f64());
         self.is_open(slot, sid)
     }
 
@@ -363,6 +373,10 @@ impl Core {
                     self.metrics.sessions.increment(1.0);
                     self.metrics.core_sessions.increment(1.0);
                     self.metrics.binds_ok.increment(1);
+                    if let Some(c) = self.conns.borrow().get(slot).filter(|c| c.is(session_id)) {
+                        let waited = c.session.info(Instant::now()).connected_ms;
+                        self.metrics.bind_duration.record(waited as f64 / 1000.0);
+                    }
                     let since_ms = SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |d| d.as_millis() as u64);
@@ -397,7 +411,19 @@ impl Core {
                     self.join_topics(slot, sid, joined);
                     self.drop_from_topics(slot, sid, &left);
                 }
-                Action::BindRejected(code) => m::bind_rejected(code.name()),
+                Action::BindRejected(code) => {
+                    m::bind_rejected(code.name());
+                    let peer = self.conns.borrow().get(slot).map(|c| c.peer);
+                    self.client_error_log.warn(|suppressed| {
+                        tracing::warn!(
+                            core = self.id,
+                            ?peer,
+                            code = code.name(),
+                            suppressed,
+                            "bind refused"
+                        )
+                    });
+                }
                 Action::Acked { message_id } => {
                     self.metrics.push_acks.increment(1);
                     let mut unacked = self.unacked.borrow_mut();
