@@ -17,24 +17,7 @@ use serde_json::Value;
 const CONVERGE: Duration = Duration::from_secs(60);
 
 fn node(redis: &Redis, id: &str, extra: &[&str]) -> Miopd {
-    let url = redis.url();
-    let mut args = vec![
-        "--cores",
-        "2",
-        "--redis",
-        &url,
-        "--node-id",
-        id,
-        "--presence-lease",
-        "3s",
-    ];
-    args.extend_from_slice(extra);
-    Miopd::start(&args)
-}
-
-fn consistency(gw: &Miopd) -> Option<Value> {
-    let (status, body) = gw.get("/v1/consistency");
-    (status == 200).then(|| serde_json::from_str(&body).unwrap())
+    node_on(&redis.url(), id, extra)
 }
 
 /// Waits until this node's memory and Redis agree exactly and nothing is queued.
@@ -42,16 +25,7 @@ fn converged(gw: &Miopd, sessions: u64) {
     wait_until(
         CONVERGE,
         &format!("Redis equal to memory with {sessions} sessions"),
-        || {
-            consistency(gw).is_some_and(|c| {
-                c["missing"] == 0
-                    && c["stale"] == 0
-                    && c["mismatched"] == 0
-                    && c["pending"] == 0
-                    && c["local_sessions"] == sessions
-                    && c["redis_entries"] == sessions
-            })
-        },
+        || consistent(gw, sessions),
     );
 }
 

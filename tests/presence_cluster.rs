@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use common::*;
 use miop::client::fleet::{bind_fleet, FleetSpec};
-use serde_json::Value;
 
 struct Cluster {
     nodes: Vec<(u16, Child)>,
@@ -102,36 +101,11 @@ fn start_cluster() -> Cluster {
     cluster
 }
 
-fn consistent(gw: &Miopd, n: u64) -> bool {
-    let (status, body) = gw.get("/v1/consistency");
-    if status != 200 {
-        return false;
-    }
-    let c: Value = serde_json::from_str(&body).unwrap();
-    c["missing"] == 0
-        && c["stale"] == 0
-        && c["mismatched"] == 0
-        && c["pending"] == 0
-        && c["local_sessions"] == n
-        && c["redis_entries"] == n
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_works_on_a_three_master_cluster() {
     let cluster = start_cluster();
     let url = format!("redis-cluster://127.0.0.1:{}", cluster.nodes[0].0);
-    let node = |id: &str| {
-        Miopd::start(&[
-            "--cores",
-            "2",
-            "--redis",
-            &url,
-            "--node-id",
-            id,
-            "--presence-lease",
-            "3s",
-        ])
-    };
+    let node = |id: &str| node_on(&url, id, &[]);
     let a = node("A");
     let b = node("B");
     let spec = FleetSpec {

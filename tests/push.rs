@@ -20,11 +20,7 @@ fn gateway(extra: &[&str]) -> Miopd {
 }
 
 fn push(gw: &Miopd, body: &str) -> (u16, Value) {
-    let (status, text) = gw.post("/v1/push", body, Some(TOKEN));
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
-    )
+    push_json(gw, TOKEN, body)
 }
 
 /// The next frame must be a Push; returns (message id, payload, ack flag).
@@ -235,14 +231,7 @@ async fn a_device_that_never_reads_cannot_make_pushes_pile_up() {
         "--outbound-limit",
         "262144",
     ]);
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(gw.listen).await.unwrap();
-    let mut sleeper = Client::from_stream(stream);
-    sleeper
-        .bind("sleeper", Credential::AppKey(KEY.into()), vec![])
-        .await
-        .unwrap();
+    let _sleeper = sleeper(&gw, "sleeper").await;
     let mut reader = gw.bound("reader").await;
     let payload = "p".repeat(60_000);
     let body = format!(r#"{{"to": {{"device": "sleeper"}}, "payload": "{payload}"}}"#);
@@ -279,14 +268,7 @@ async fn drop_oldest_keeps_a_slow_device_connected_and_bounded() {
         "--slow-consumer",
         "drop-oldest",
     ]);
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(gw.listen).await.unwrap();
-    let mut sleeper = Client::from_stream(stream);
-    sleeper
-        .bind("sleeper", Credential::AppKey(KEY.into()), vec![])
-        .await
-        .unwrap();
+    let mut sleeper = sleeper(&gw, "sleeper").await;
     let body = format!(
         r#"{{"to": {{"device": "sleeper"}}, "payload": "{}"}}"#,
         "p".repeat(60_000)

@@ -15,41 +15,16 @@ const TOKEN: &str = "push-secret";
 const T: Duration = Duration::from_secs(20);
 
 fn node(redis: &Redis, id: &str) -> Miopd {
-    let url = redis.url();
-    Miopd::start(&[
-        "--cores",
-        "2",
-        "--redis",
-        &url,
-        "--node-id",
-        id,
-        "--presence-lease",
-        "3s",
-        "--push-token",
-        TOKEN,
-    ])
+    node_on(&redis.url(), id, &["--push-token", TOKEN])
 }
 
 /// Waits until the node's sessions are all in Redis (so others can find them).
 fn synced(gw: &Miopd, n: u64) {
-    wait_until(T, "presence synced", || {
-        let Some((200, body)) = gw.try_get("/v1/consistency") else {
-            return false;
-        };
-        let c: Value = serde_json::from_str(&body).unwrap();
-        c["missing"] == 0
-            && c["pending"] == 0
-            && c["local_sessions"] == n
-            && c["redis_entries"] == n
-    });
+    wait_until(T, "presence synced", || consistent(gw, n));
 }
 
 fn push(gw: &Miopd, body: &str) -> (u16, Value) {
-    let (status, text) = gw.post("/v1/push", body, Some(TOKEN));
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
-    )
+    push_json(gw, TOKEN, body)
 }
 
 async fn expect_push(c: &mut Client, id: u64, payload: &[u8]) {

@@ -16,27 +16,11 @@ const TOKEN: &str = "push-secret";
 const T: Duration = Duration::from_secs(20);
 
 fn node(redis: &Redis, id: &str) -> Miopd {
-    let url = redis.url();
-    Miopd::start(&[
-        "--cores",
-        "2",
-        "--redis",
-        &url,
-        "--node-id",
-        id,
-        "--presence-lease",
-        "3s",
-        "--push-token",
-        TOKEN,
-    ])
+    node_on(&redis.url(), id, &["--push-token", TOKEN])
 }
 
 fn push(gw: &Miopd, body: &str) -> (u16, Value) {
-    let (status, text) = gw.post("/v1/push", body, Some(TOKEN));
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
-    )
+    push_json(gw, TOKEN, body)
 }
 
 async fn next_push(c: &mut Client) -> (u64, Vec<u8>) {

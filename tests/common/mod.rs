@@ -245,3 +245,56 @@ pub async fn full_frames_until_eof(c: &mut Client, limit: Duration) -> Vec<Frame
         }
     }
 }
+
+/// A node sharing presence through `redis_url` (lease 3 s), plus `extra` flags.
+pub fn node_on(redis_url: &str, id: &str, extra: &[&str]) -> Miopd {
+    let mut args = vec![
+        "--cores",
+        "2",
+        "--redis",
+        redis_url,
+        "--node-id",
+        id,
+        "--presence-lease",
+        "3s",
+    ];
+    args.extend_from_slice(extra);
+    Miopd::start(&args)
+}
+
+/// One look at /v1/consistency: Redis equal to this node's memory with `n`
+/// sessions, nothing missing, stale, mismatched or pending.
+pub fn consistent(gw: &Miopd, n: u64) -> bool {
+    let Some((200, body)) = gw.try_get("/v1/consistency") else {
+        return false;
+    };
+    let c: serde_json::Value = serde_json::from_str(&body).unwrap();
+    c["missing"] == 0
+        && c["stale"] == 0
+        && c["mismatched"] == 0
+        && c["pending"] == 0
+        && c["local_sessions"] == n
+        && c["redis_entries"] == n
+}
+
+/// `POST /v1/push` with the bearer token; (status, JSON answer).
+pub fn push_json(gw: &Miopd, token: &str, body: &str) -> (u16, serde_json::Value) {
+    let (status, text) = gw.post("/v1/push", body, Some(token));
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
+    )
+}
+
+/// A client bound as `device` with a 4 KiB receive buffer, for tests of
+/// devices that stop reading.
+pub async fn sleeper(gw: &Miopd, device: &str) -> Client {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(gw.listen).await.unwrap();
+    let mut c = Client::from_stream(stream);
+    c.bind(device, Credential::AppKey(KEY.into()), vec![])
+        .await
+        .unwrap();
+    c
+}
