@@ -374,8 +374,8 @@ impl Core {
                     self.metrics.core_sessions.increment(1.0);
                     self.metrics.binds_ok.increment(1);
                     if let Some(c) = self.conns.borrow().get(slot).filter(|c| c.is(session_id)) {
-                        let waited = c.session.info(Instant::now()).connected_ms;
-                        self.metrics.bind_duration.record(waited as f64 / 1000.0);
+                        let waited = c.session.connected_for(Instant::now());
+                        self.metrics.bind_duration.record(waited.as_secs_f64());
                     }
                     let since_ms = SystemTime::now()
                         .duration_since(UNIX_EPOCH)

@@ -188,6 +188,11 @@ impl Session {
         self.state = SessionState::Closing;
     }
 
+    /// Time since the connection was accepted (no allocation, unlike `info`).
+    pub fn connected_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.opened_at)
+    }
+
     pub fn info(&self, now: Instant) -> SessionInfo {
         let ms = |d: Duration| d.as_millis() as u64;
         SessionInfo {
