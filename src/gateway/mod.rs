@@ -6,6 +6,7 @@
 
 mod connection;
 mod core;
+pub mod index;
 mod listener;
 mod log_limit;
 mod node;

@@ -1,5 +1,7 @@
 //! What a session asks its driver to do.
 
+use std::sync::Arc;
+
 use crate::protocol::{CloseReason, ErrorCode, Frame};
 
 /// One instruction from a [`super::Session`] to its driver, in order.
@@ -32,12 +34,12 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PresenceChange {
     Online {
-        device_id: Box<str>,
+        device_id: Arc<str>,
         session_id: u64,
         topics: Vec<String>,
     },
     Offline {
-        device_id: Box<str>,
+        device_id: Arc<str>,
         session_id: u64,
         reason: CloseReason,
     },

@@ -1,5 +1,6 @@
 //! The session state machine: awaiting-bind → bound → closing.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -22,20 +23,31 @@ pub enum SessionState {
 }
 
 /// One connection's protocol state. Kept small on purpose: a node holds a
-/// million of these.
+/// million of these (88 bytes on 64-bit targets). Times after `opened_at` are
+/// kept as millisecond offsets from it rather than 16-byte `Instant`s.
 #[derive(Debug)]
 pub struct Session {
-    state: SessionState,
     session_id: u64,
     opened_at: Instant,
-    /// Last time any frame arrived (liveness).
-    last_inbound: Instant,
-    bound_at: Option<Instant>,
-    device_id: Option<Box<str>>,
+    /// Last time any frame arrived (liveness), in ms after `opened_at`.
+    last_inbound_ms: u64,
+    /// When the Bind succeeded, in ms after `opened_at` (`NOT_BOUND` before).
+    /// Binds happen within the bind timeout (at most 7 days), so u32 fits.
+    bound_after_ms: u32,
+    state: SessionState,
+    frames_in: u64,
+    /// Shared with the node's device index, so the id is stored once.
+    device_id: Option<Arc<str>>,
     /// Topics joined (at Bind, then by Subscribe), without duplicates, in the
     /// order joined; at most [`MAX_BIND_TOPICS`].
     topics: Vec<String>,
-    frames_in: u64,
+}
+
+const NOT_BOUND: u32 = u32::MAX;
+
+/// Milliseconds from `from` to `to` (0 if `to` is earlier).
+fn ms_between(from: Instant, to: Instant) -> u64 {
+    to.saturating_duration_since(from).as_millis() as u64
 }
 
 /// A read-only view of a session for the admin API.
@@ -59,12 +71,21 @@ impl Session {
             state: SessionState::AwaitingBind,
             session_id,
             opened_at: now,
-            last_inbound: now,
-            bound_at: None,
+            last_inbound_ms: 0,
+            bound_after_ms: NOT_BOUND,
             device_id: None,
             topics: Vec::new(),
             frames_in: 0,
         }
+    }
+
+    fn last_inbound(&self) -> Instant {
+        self.opened_at + Duration::from_millis(self.last_inbound_ms)
+    }
+
+    fn bound_at(&self) -> Option<Instant> {
+        (self.bound_after_ms != NOT_BOUND)
+            .then(|| self.opened_at + Duration::from_millis(self.bound_after_ms as u64))
     }
 
     pub fn state(&self) -> SessionState {
@@ -79,6 +100,11 @@ impl Session {
         self.device_id.as_deref()
     }
 
+    /// The bound device's id, shared (not copied) with whoever keeps it.
+    pub fn device(&self) -> Option<&Arc<str>> {
+        self.device_id.as_ref()
+    }
+
     /// The topics this session has joined now (no duplicates).
     pub fn topics(&self) -> &[String] {
         &self.topics
@@ -88,7 +114,7 @@ impl Session {
     pub fn deadline(&self, cfg: &SessionConfig) -> Option<Instant> {
         match self.state {
             SessionState::AwaitingBind => Some(self.opened_at + cfg.bind_timeout),
-            SessionState::Bound => Some(self.last_inbound + cfg.heartbeat_timeout),
+            SessionState::Bound => Some(self.last_inbound() + cfg.heartbeat_timeout),
             SessionState::Closing => None,
         }
     }
@@ -107,7 +133,7 @@ impl Session {
             return;
         }
         self.frames_in += 1;
-        self.last_inbound = now;
+        self.last_inbound_ms = ms_between(self.opened_at, now);
         let seq = frame.seq;
         match (self.state, frame.body) {
             (_, Body::Close(_)) => self.close(CloseReason::Normal, None, out),
@@ -201,8 +227,10 @@ impl Session {
             device_id: self.device_id.as_deref().map(str::to_owned),
             topics: self.topics.clone(),
             connected_ms: ms(now.saturating_duration_since(self.opened_at)),
-            bound_ms: self.bound_at.map(|b| ms(now.saturating_duration_since(b))),
-            idle_ms: ms(now.saturating_duration_since(self.last_inbound)),
+            bound_ms: self
+                .bound_at()
+                .map(|b| ms(now.saturating_duration_since(b))),
+            idle_ms: ms(now.saturating_duration_since(self.last_inbound())),
             frames_in: self.frames_in,
         }
     }
@@ -240,9 +268,9 @@ impl Session {
                 out,
             );
         }
-        let device_id: Box<str> = bind.device_id.into_boxed_str();
+        let device_id: Arc<str> = bind.device_id.into();
         self.state = SessionState::Bound;
-        self.bound_at = Some(now);
+        self.bound_after_ms = ms_between(self.opened_at, now).min(NOT_BOUND as u64 - 1) as u32;
         self.device_id = Some(device_id.clone());
         self.topics = bind.topics;
         dedup_in_order(&mut self.topics);

@@ -4,6 +4,8 @@
 //! per-device or per-address labels. The recorder is installed once, before the
 //! cores start, and rendered by the admin server (`GET /metrics`).
 
+pub mod histogram;
+
 use metrics::{
     counter, describe_counter, describe_gauge, gauge, histogram, Counter, Gauge, Histogram,
 };

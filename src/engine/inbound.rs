@@ -1,0 +1,246 @@
+//! Events that start at the peer: a new connection, bytes read, and what the
+//! session decides about them.
+
+use std::net::SocketAddr;
+
+use super::conn::{Conn, SHUT};
+use super::{ConnKey, Engine, Intent, Notice, Now, PresenceEvent, SessionRef};
+use crate::protocol::{self, CloseReason};
+use crate::session::{Action, PresenceChange, Session};
+
+impl Engine {
+    /// A connection was accepted. Returns its key; the session must Bind
+    /// within the bind timeout.
+    pub fn accept(&mut self, now: Now, peer: SocketAddr) -> ConnKey {
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        // Core id in the top bits makes session ids unique per node without a
+        // shared counter.
+        let session_id = ((self.cfg.core as u64) << 48) | (serial & ((1 << 48) - 1));
+        let slot = self
+            .conns
+            .insert(Conn::new(Session::new(session_id, now.mono), peer));
+        let key = ConnKey(slot as u32);
+        self.high_water = self.high_water.max(slot + 1);
+        self.stats.accepted += 1;
+        self.arm(key);
+        if self.draining {
+            self.kick(
+                now,
+                SessionRef { key, session_id },
+                CloseReason::ServerShutdown,
+            );
+        }
+        key
+    }
+
+    /// Bytes read from a connection (never empty: EOF is
+    /// [`Engine::on_transport_end`]).
+    pub fn on_bytes(&mut self, now: Now, key: ConnKey, bytes: &[u8]) {
+        let mut actions = std::mem::take(&mut self.scratch);
+        let Some(c) = self.conns.get_mut(key.index()) else {
+            return;
+        };
+        if c.has(SHUT) || c.closing() {
+            return;
+        }
+        let session_id = c.session.session_id();
+        let cfg = &self.cfg;
+        let max = cfg.session.max_frame_len as usize;
+        // Fast path: whole frames straight from the driver's read buffer; only
+        // an incomplete tail is copied into the connection's own buffer.
+        let mut held = c
+            .active
+            .as_mut()
+            .map(|a| std::mem::take(&mut a.inbound))
+            .unwrap_or_default();
+        if !held.is_empty() {
+            held.extend_from_slice(bytes);
+        }
+        let (used, total) = {
+            let src: &[u8] = if held.is_empty() { bytes } else { &held };
+            let mut used = 0;
+            while !c.closing() {
+                match protocol::decode(&src[used..], max) {
+                    Ok(Some((frame, n))) => {
+                        used += n;
+                        c.session.handle_frame(
+                            frame,
+                            now.mono,
+                            now.unix_secs(),
+                            &cfg.session,
+                            &cfg.auth,
+                            &mut actions,
+                        );
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.intents
+                            .push_back(Intent::Notice(Notice::ProtocolError {
+                                peer: c.peer.addr(),
+                                error: e.to_string(),
+                            }));
+                        c.session.handle_decode_error(&e, &mut actions);
+                        break;
+                    }
+                }
+            }
+            (used, src.len())
+        };
+        if !c.closing() && used < total {
+            let rest = if held.is_empty() {
+                bytes[used..].to_vec()
+            } else {
+                held.drain(..used);
+                held
+            };
+            c.active().inbound = rest;
+        } else {
+            c.compact();
+        }
+        self.apply(now, SessionRef { key, session_id }, &mut actions);
+        self.scratch = actions;
+    }
+
+    /// Closes a session on the node's initiative (duplicate bind, drain, slow
+    /// consumer, admin). Returns whether the session was there to close.
+    pub fn kick(&mut self, now: Now, at: SessionRef, reason: CloseReason) -> bool {
+        let mut actions = std::mem::take(&mut self.scratch);
+        let Some(c) = self.live_mut(at) else {
+            return false;
+        };
+        if c.has(SHUT) || c.closing() {
+            return false;
+        }
+        c.session.kick(reason, kick_message(reason), &mut actions);
+        self.apply(now, at, &mut actions);
+        self.scratch = actions;
+        true
+    }
+
+    /// Carries out a session's actions, in order.
+    pub(super) fn apply(&mut self, now: Now, at: SessionRef, actions: &mut Vec<Action>) {
+        let max_out = self.cfg.session.max_outbound_bytes;
+        let mut slow = None;
+        for action in actions.drain(..) {
+            let Some(c) = self
+                .conns
+                .get_mut(at.key.index())
+                .filter(|c| c.is(at.session_id))
+            else {
+                continue;
+            };
+            match action {
+                Action::Send(frame) => {
+                    if c.has(SHUT) {
+                        continue;
+                    }
+                    let peer = c.peer.addr();
+                    let closing = c.closing();
+                    let out = &mut c.active().outbound;
+                    if let Err(e) = out.encode(&frame) {
+                        // Only a bug can get here (server frames are built
+                        // within the limits); say so instead of panicking.
+                        self.intents
+                            .push_back(Intent::Notice(Notice::ProtocolError {
+                                peer,
+                                error: format!("cannot encode a server frame: {e}"),
+                            }));
+                    }
+                    if out.len() > max_out && !closing {
+                        // The peer is not reading: free what is queued for it
+                        // and close it, instead of growing without bound.
+                        let queued = out.len();
+                        out.clear_queued();
+                        slow = Some((peer, queued));
+                    }
+                    self.flush_later(at.key);
+                }
+                Action::Presence(PresenceChange::Online { device_id, .. }) => {
+                    self.topics.join(at, c.session.topics());
+                    self.stats.sessions += 1;
+                    self.stats.bind_result(None);
+                    let waited = c.session.connected_for(now.mono);
+                    self.stats.bind_duration.record(waited.as_secs_f64());
+                    self.intents
+                        .push_back(Intent::Presence(PresenceEvent::Online {
+                            device: device_id,
+                            at,
+                            since_ms: now.unix_ms,
+                        }));
+                }
+                Action::Presence(PresenceChange::Offline { device_id, .. }) => {
+                    self.stats.sessions -= 1;
+                    self.topics.leave(at, c.session.topics());
+                    self.hand_off_unacked(now, &device_id, at);
+                    self.intents
+                        .push_back(Intent::Presence(PresenceEvent::Offline {
+                            device: device_id,
+                            at,
+                        }));
+                }
+                Action::Topics { joined, left } => {
+                    self.topics.join(at, &joined);
+                    self.topics.leave(at, &left);
+                }
+                Action::BindRejected(code) => {
+                    self.stats.bind_result(Some(code));
+                    self.intents.push_back(Intent::Notice(Notice::BindRefused {
+                        peer: c.peer.addr(),
+                        code,
+                    }));
+                }
+                Action::Acked { message_id } => {
+                    self.stats.push_acks += 1;
+                    if let Some(latency) = self.acks.acked(at, message_id, now.mono) {
+                        self.stats.push_ack_latency.record(latency.as_secs_f64());
+                    }
+                }
+                Action::Close { reason } => {
+                    self.stats.closed_reason(reason);
+                    match reason {
+                        CloseReason::HeartbeatTimeout => self.stats.heartbeat_timeouts += 1,
+                        CloseReason::BindTimeout => self.stats.bind_timeouts += 1,
+                        _ => {}
+                    }
+                    self.begin_close(now, at.key);
+                }
+            }
+        }
+        if let Some((peer, queued)) = slow {
+            self.intents
+                .push_back(Intent::Notice(Notice::SlowConsumer { peer, queued }));
+            self.kick(now, at, CloseReason::SlowConsumer);
+        }
+    }
+
+    /// Unacked pushes of an ended session go to offline storage (through the
+    /// control plane), so the device gets them again when it binds; the
+    /// client library drops the duplicates it already saw.
+    fn hand_off_unacked(&mut self, now: Now, device: &std::sync::Arc<str>, at: SessionRef) {
+        let Some(queue) = self.acks.take(at) else {
+            return;
+        };
+        let messages: Vec<_> = queue
+            .into_iter()
+            .filter(|u| u.keep_until_ms > now.unix_ms)
+            .collect();
+        if !messages.is_empty() {
+            self.intents
+                .push_back(Intent::Unacked(super::UnackedHandoff {
+                    device_id: device.clone(),
+                    messages,
+                }));
+        }
+    }
+}
+
+/// The human-readable message of a Close the node decided.
+pub(super) fn kick_message(reason: CloseReason) -> &'static str {
+    match reason {
+        CloseReason::Replaced => "the device bound again on another connection",
+        CloseReason::ServerShutdown => "server shutting down",
+        CloseReason::SlowConsumer => "outbound queue overflow: the client does not read",
+        _ => "closed by the server",
+    }
+}
