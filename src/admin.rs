@@ -5,7 +5,6 @@
 //! loopback by default; nothing here walks sessions itself: lookups go through
 //! the device index to the owning core.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -41,15 +40,16 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn healthz(State(s): State<AdminState>) -> Response {
-    let node = &s.gateway.node;
-    let draining = node.draining.load(Ordering::Relaxed);
+    let gw = &s.gateway;
+    let draining = gw.is_draining();
     let body = json!({
         "status": if draining { "draining" } else { "ok" },
-        "node": node.node_id,
-        "cores": node.cores.len(),
-        "sessions": node.registry.len(),
-        "uptime_seconds": node.started.elapsed().as_secs(),
-        "fd_limit": node.fd_limit,
+        "node": gw.node_id,
+        "cores": gw.cores(),
+        "io": gw.io.name(),
+        "sessions": gw.sessions(),
+        "uptime_seconds": gw.started.elapsed().as_secs(),
+        "fd_limit": gw.fd_limit,
         "presence": match &s.presence {
             Some(p) => p.status(),
             None => json!({"mode": "standalone"}),
@@ -66,12 +66,19 @@ async fn healthz(State(s): State<AdminState>) -> Response {
 
 async fn metrics(State(s): State<AdminState>) -> Response {
     crate::metrics::collect();
+    let cores = s.gateway.core_stats().await;
+    let histograms = crate::gateway::stats::publish(&cores);
+    let mut body = s.metrics.render();
+    body.push_str(&histograms);
+    if s.presence.is_some() {
+        crate::metrics::control::render(&mut body);
+    }
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        s.metrics.render(),
+        body,
     )
         .into_response()
 }
@@ -112,11 +119,11 @@ async fn presence(State(s): State<AdminState>, Path(device_id): Path<String>) ->
             Ok(None) => not_found(),
             Err(e) => redis_unavailable(e),
         },
-        None => match s.gateway.node.registry.get(&device_id) {
+        None => match s.gateway.locate(&device_id) {
             Some(loc) => Json(json!({
                 "device_id": device_id,
-                "node": s.gateway.node.node_id,
-                "session": crate::presence::keys::session_tag(&s.gateway.node.incarnation, loc.session_id),
+                "node": s.gateway.node_id,
+                "session": s.gateway.session_tag(loc.session_id),
                 "since_ms": loc.since_ms,
                 "node_alive": true,
                 "local": true,
@@ -144,7 +151,7 @@ async fn consistency(State(s): State<AdminState>, Query(q): Query<ConsistencyQue
         },
         None => Json(json!({
             "missing": 0, "stale": 0, "mismatched": 0,
-            "local_sessions": s.gateway.node.registry.len(),
+            "local_sessions": s.gateway.sessions(),
             "mode": "standalone",
         }))
         .into_response(),

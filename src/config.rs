@@ -103,6 +103,12 @@ pub struct Cli {
     #[arg(long, env = "MIOP_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
 
+    /// I/O driver: io_uring (`uring`), epoll (`epoll`), or `auto`: io_uring
+    /// where the kernel allows it, else epoll with one warning saying why
+    /// (container seccomp profiles and kernel.io_uring_disabled block it).
+    #[arg(long, env = "MIOP_IO", value_enum)]
+    pub io: Option<IoMode>,
+
     /// TOML configuration file.
     #[arg(long, env = "MIOP_CONFIG")]
     pub config: Option<PathBuf>,
@@ -137,6 +143,17 @@ pub enum SlowConsumerPolicy {
     Close,
     /// Keep it connected and drop its oldest queued pushes.
     DropOldest,
+}
+
+/// Which driver to run (`--io`, `MIOP_IO`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoMode {
+    /// io_uring where the kernel allows it, else epoll (with one warning).
+    #[default]
+    Auto,
+    Uring,
+    Epoll,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -174,6 +191,7 @@ pub struct FileConfig {
     pub drain_timeout: Option<Duration>,
     pub node_id: Option<String>,
     pub log_format: Option<LogFormat>,
+    pub io: Option<IoMode>,
 }
 
 mod opt_duration {
@@ -205,6 +223,7 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub node_id: String,
     pub log_format: LogFormat,
+    pub io: IoMode,
 }
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7700";
@@ -314,6 +333,7 @@ impl Config {
                 .log_format
                 .or(file.log_format)
                 .unwrap_or(LogFormat::Human),
+            io: cli.io.or(file.io).unwrap_or_default(),
         })
     }
 }

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod driver;
 pub mod engine;
 pub mod gateway;
 pub mod metrics;

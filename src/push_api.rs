@@ -21,7 +21,7 @@ use axum::Json;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::gateway::{push_local, Gateway, PushTo};
+use crate::gateway::{Gateway, PushTo};
 use crate::metrics as m;
 use crate::presence::{RedisPresence, RoutedPush};
 use crate::protocol::{HEADER_LEN, MAX_DEVICE_ID_LEN, MAX_FRAME_LEN, MAX_TOPIC_LEN};
@@ -209,15 +209,9 @@ pub async fn handle(
             .map_or(0, |d| d.as_millis() as u64)
             + t * 1000
     });
-    let local = match push_local(
-        &gateway.node,
-        id,
-        &req.to,
-        req.payload.clone(),
-        req.ack,
-        keep_until_ms,
-    )
-    .await
+    let local = match gateway
+        .push_local(id, &req.to, req.payload.clone(), req.ack, keep_until_ms)
+        .await
     {
         Ok(l) => l,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
@@ -227,7 +221,7 @@ pub async fn handle(
     // With shared presence, what is not held here goes to the node that holds
     // it; topic pushes and broadcasts go to every node.
     if let Some(p) = presence {
-        let mut msg = RoutedPush::new(id, req.ack, &req.payload, &gateway.node.node_id, &req.to);
+        let mut msg = RoutedPush::new(id, req.ack, &req.payload, &gateway.node_id, &req.to);
         msg.keep_until_ms = keep_until_ms;
         match &req.to {
             PushTo::Devices(_) if !local.not_here.is_empty() => {

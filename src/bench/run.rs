@@ -58,7 +58,7 @@ pub fn main(args: BenchArgs, raw: Vec<String>) -> i32 {
             return 2;
         }
     };
-    let fd_limit = crate::gateway::raise_fd_limit().max(64);
+    let fd_limit = crate::driver::raise_fd_limit().max(64);
     let per_proc = fd_limit.saturating_sub(FD_RESERVE).max(16);
 
     if let Some(w) = &args.worker {

@@ -10,7 +10,7 @@ use miop::admin::{self, AdminState};
 use miop::auth::{mint_token, Authenticator};
 use miop::config::{Cli, Command, Config, LogFormat};
 use miop::gateway;
-use miop::presence::{PendingChanges, RedisPresence, RedisSettings};
+use miop::presence::{RedisPresence, RedisSettings};
 use tokio::signal::unix::{signal, SignalKind};
 
 fn main() -> ExitCode {
@@ -75,33 +75,30 @@ fn run(config: Config) -> Result<(), String> {
                 .into(),
         );
     }
-    let fd_limit = gateway::raise_fd_limit();
+    let (io, io_warning) = miop::driver::resolve(config.io)?;
+    if let Some(w) = io_warning {
+        tracing::warn!("{w}");
+    }
+    let fd_limit = miop::driver::raise_fd_limit();
     let metrics = miop::metrics::install()?;
-    miop::metrics::init_zero(config.redis.is_some());
+    miop::metrics::init_zero(config.redis.is_some(), io.name());
     metrics::gauge!(miop::metrics::CORES).set(config.cores as f64);
     metrics::gauge!(miop::metrics::FD_LIMIT).set(fd_limit as f64);
-
-    // The cores record presence changes here; the control plane writes them.
-    let pending = config
-        .redis
-        .as_ref()
-        .map(|_| Arc::new(PendingChanges::new(config.cores * 16, 4_000_000)));
     if config.redis.is_some() {
         metrics::gauge!(miop::metrics::REDIS_UP).set(0.0);
     }
+    let gw = gateway::start(&config, auth.clone(), fd_limit, io, config.redis.is_some())?;
     // Unacked pushes of ended sessions go to offline storage (with Redis).
-    let (unacked_tx, unacked_rx) = match config.redis {
-        Some(_) => {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            (Some(tx), Some(rx))
-        }
-        None => (None, None),
-    };
-    let gw = gateway::start(&config, auth.clone(), fd_limit, pending.clone(), unacked_tx)?;
+    let unacked_rx = config.redis.as_ref().map(|_| {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        gw.set_unacked_sink(tx);
+        rx
+    });
     tracing::info!(
         node = %config.node_id,
         listen = %gw.listen_addr,
         cores = config.cores,
+        io = io.name(),
         fd_limit,
         // Every connection is one fd; keep a few for listeners, rings, Redis, admin.
         max_connections = fd_limit.saturating_sub(64 + 4 * config.cores as u64),
@@ -126,14 +123,15 @@ fn run(config: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot listen on admin address {}: {e}", config.admin))?;
         let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
         let gw = Arc::new(gw);
-        let presence = match (&config.redis, pending) {
-            (Some(url), Some(pending)) => {
+        tokio::spawn(gw.clone().run_index());
+        let presence = match &config.redis {
+            Some(url) => {
                 let settings = RedisSettings {
                     url: url.clone(),
                     lease_ttl: config.presence_lease,
                     command_timeout: Duration::from_secs(2),
                 };
-                let p = RedisPresence::start(settings, gw.node.clone(), pending)?;
+                let p = RedisPresence::start(settings, gw.clone())?;
                 if let Some(rx) = unacked_rx {
                     tokio::spawn(p.clone().keep_unacked(rx));
                 }
@@ -174,7 +172,7 @@ fn run(config: Config) -> Result<(), String> {
         };
         tracing::info!(
             signal = sig,
-            sessions = gw.node.registry.len(),
+            sessions = gw.sessions(),
             drain_timeout_ms = config.drain_timeout.as_millis() as u64,
             "draining"
         );

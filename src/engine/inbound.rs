@@ -168,6 +168,9 @@ impl Engine {
                             at,
                             since_ms: now.unix_ms,
                         }));
+                    // The heartbeat deadline may come before the bind deadline
+                    // the timer holds.
+                    self.arm(at.key);
                 }
                 Action::Presence(PresenceChange::Offline { device_id, .. }) => {
                     self.stats.sessions -= 1;

@@ -1,16 +1,16 @@
-//! Metric names and the handles the cores update.
+//! Metric names, descriptions and the exporter.
 //!
 //! Names follow Prometheus conventions: base units, `_total` for counters, no
 //! per-device or per-address labels. The recorder is installed once, before the
-//! cores start, and rendered by the admin server (`GET /metrics`).
+//! cores start, and rendered by the admin server (`GET /metrics`), which first
+//! publishes the cores' own figures (`gateway/stats.rs`).
 
+pub mod control;
 pub mod histogram;
 
-use metrics::{
-    counter, describe_counter, describe_gauge, gauge, histogram, Counter, Gauge, Histogram,
-};
-use metrics::{describe_histogram, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics::Unit;
+use metrics::{counter, describe_counter, describe_gauge, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 pub const SESSIONS: &str = "miop_sessions";
 pub const CONNECTIONS: &str = "miop_connections";
@@ -51,49 +51,15 @@ pub const RECONCILE_FIXES: &str = "miop_presence_reconcile_fixes_total";
 pub const REMOTE_KICKS: &str = "miop_presence_remote_kicks_total";
 pub const NODE_CLEANUPS: &str = "miop_presence_dead_node_cleanups_total";
 pub const CLEANED_ENTRIES: &str = "miop_presence_cleaned_entries_total";
+pub const DELIVERIES: &str = "miop_push_deliveries_total";
+pub const IO_OPERATIONS: &str = "miop_io_operations_total";
+pub const CORE_TURNS: &str = "miop_core_turns_total";
+pub const CORE_YIELDS: &str = "miop_core_yields_total";
+pub const BUILD_INFO: &str = "miop_build_info";
 
 /// Installs the global Prometheus recorder and describes every metric.
 pub fn install() -> Result<PrometheusHandle, String> {
     let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full(PRESENCE_BATCH.into()),
-            &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0],
-        )
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                Matcher::Full(PRESENCE_BATCH_SECONDS.into()),
-                &[
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                ],
-            )
-        })
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                Matcher::Full(PUSH_ACK_LATENCY.into()),
-                &[
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0, 30.0,
-                ],
-            )
-        })
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                Matcher::Full(BIND_DURATION.into()),
-                &[
-                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                ],
-            )
-        })
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                Matcher::Full(READ_HANDLING.into()),
-                &[
-                    0.000_005, 0.00001, 0.000_025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005,
-                    0.01,
-                ],
-            )
-        })
-        .map_err(|e| format!("invalid histogram buckets: {e}"))?
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     describe_gauge!(SESSIONS, "Bound sessions on this node now.");
@@ -131,13 +97,24 @@ pub fn install() -> Result<PrometheusHandle, String> {
     );
     describe_counter!(PUSHES, "Push API requests, by target kind and result.");
     describe_gauge!(CORE_SESSIONS, "Bound sessions per I/O core.");
-    describe_histogram!(
-        BIND_DURATION,
-        Unit::Seconds,
-        "Time from accepting a connection to its successful Bind."
-    );
-    describe_histogram!(READ_HANDLING, Unit::Seconds, "Core time to handle one read (decoding and answering its frames: heartbeats, binds, acks).");
     describe_gauge!(CORE_CONNECTIONS, "Open device connections per I/O core.");
+    describe_counter!(
+        DELIVERIES,
+        "Push frames queued to bound sessions (one per recipient)."
+    );
+    describe_counter!(
+        IO_OPERATIONS,
+        "Socket operations by kind (poll, read, write, accept): io_uring operations submitted with --io uring, socket syscalls with --io epoll."
+    );
+    describe_counter!(CORE_TURNS, "Turns of the I/O cores' event loops.");
+    describe_counter!(
+        CORE_YIELDS,
+        "Turns cut short to let I/O through (a broadcast, a burst of expiries or of ready connections)."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; labels say the version and the I/O driver (io: uring or epoll)."
+    );
     describe_counter!(LISTEN_OVERFLOWS, "Kernel TCP accept-queue overflows (ListenOverflows in /proc/net/netstat; whole network namespace).");
     describe_counter!(LISTEN_DROPS, "Kernel TCP SYNs dropped at listening sockets (ListenDrops in /proc/net/netstat; whole network namespace).");
     process_collector().describe();
@@ -166,11 +143,6 @@ pub fn install() -> Result<PrometheusHandle, String> {
         PUSH_RECIPIENTS,
         "Push recipients, by outcome (delivered to a socket, unknown)."
     );
-    describe_histogram!(
-        PUSH_ACK_LATENCY,
-        Unit::Seconds,
-        "Time from queueing a push to its PushAck."
-    );
     describe_gauge!(
         REDIS_UP,
         "1 when the presence client is connected to Redis (absent in standalone mode)."
@@ -187,15 +159,6 @@ pub fn install() -> Result<PrometheusHandle, String> {
         PRESENCE_LAG,
         Unit::Seconds,
         "Age of the oldest presence change not yet written to Redis."
-    );
-    describe_histogram!(
-        PRESENCE_BATCH,
-        "Presence changes per pipelined Redis batch."
-    );
-    describe_histogram!(
-        PRESENCE_BATCH_SECONDS,
-        Unit::Seconds,
-        "Time to write one presence batch to Redis."
     );
     describe_counter!(
         PRESENCE_WRITES,
@@ -224,60 +187,8 @@ pub fn install() -> Result<PrometheusHandle, String> {
     Ok(handle)
 }
 
-/// Handles resolved once per core so the hot path does no registry lookups.
-pub struct CoreMetrics {
-    pub sessions: Gauge,
-    pub connections: Gauge,
-    pub accepted: Counter,
-    pub binds_ok: Counter,
-    pub heartbeat_timeouts: Counter,
-    pub bind_timeouts: Counter,
-    pub push_acks: Counter,
-    pub push_ack_latency: Histogram,
-    pub core_sessions: Gauge,
-    pub bind_duration: Histogram,
-    pub read_handling: Histogram,
-    pub core_connections: Gauge,
-}
-
-impl CoreMetrics {
-    pub fn new(core: u16) -> CoreMetrics {
-        let core = core.to_string();
-        CoreMetrics {
-            core_sessions: gauge!(CORE_SESSIONS, "core" => core.clone()),
-            bind_duration: histogram!(BIND_DURATION),
-            read_handling: histogram!(READ_HANDLING),
-            core_connections: gauge!(CORE_CONNECTIONS, "core" => core),
-            sessions: gauge!(SESSIONS),
-            connections: gauge!(CONNECTIONS),
-            accepted: counter!(ACCEPTED),
-            binds_ok: counter!(BINDS, "result" => "ok"),
-            heartbeat_timeouts: counter!(HEARTBEAT_TIMEOUTS),
-            bind_timeouts: counter!(BIND_TIMEOUTS),
-            push_acks: counter!(PUSH_ACKS),
-            push_ack_latency: histogram!(PUSH_ACK_LATENCY),
-        }
-    }
-}
-
-pub fn bind_rejected(result: &'static str) {
-    counter!(BINDS, "result" => result).increment(1);
-}
-
-pub fn closed(reason: &'static str) {
-    counter!(CLOSES, "reason" => reason).increment(1);
-}
-
 pub fn kicked(reason: &'static str) {
     counter!(KICKS, "reason" => reason).increment(1);
-}
-
-pub fn accept_error(errno: &'static str) {
-    counter!(ACCEPT_ERRORS, "errno" => errno).increment(1);
-}
-
-pub fn outbound_dropped(n: u64) {
-    counter!(OUTBOUND_DROPPED).increment(n);
 }
 
 pub fn unacked(n: u64, fate: &'static str) {
@@ -321,7 +232,8 @@ fn listen_counters() -> Option<(u64, u64)> {
 /// Registers every counter with each label value it can take, at 0, so that
 /// series exist from the start: `rate()` and alerts see a 0 instead of "no
 /// data" before the first event. Presence metrics only when Redis is used.
-pub fn init_zero(presence: bool) {
+pub fn init_zero(presence: bool, io: &'static str) {
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "io" => io).set(1.0);
     use crate::protocol::CloseReason;
     for r in [
         "ok",

@@ -65,11 +65,6 @@ redis.call('DEL', KEYS[1])
 return v
 "#;
 
-/// A session as stored in Redis: unique across restarts of a node.
-pub fn session_tag(incarnation: &str, session_id: u64) -> String {
-    format!("{incarnation}-{session_id:x}")
-}
-
 /// Marks the device online on this node unless a later bind (by bind time) on
 /// another node holds it; this node's own entry is always replaced (its device
 /// index is the truth for its sessions, whatever its clock did). Returns

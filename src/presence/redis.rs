@@ -27,8 +27,7 @@ use futures_util::future::join_all;
 use serde::Serialize;
 
 use super::keys;
-use super::pending::PendingChanges;
-use crate::gateway::{CoreCommand, Location, Node, RateLimitedLog};
+use crate::gateway::{Bound, ChangeFeed, Gateway, RateLimitedLog};
 use crate::metrics as m;
 use crate::protocol::CloseReason;
 
@@ -48,8 +47,8 @@ pub struct RedisSettings {
 pub struct RedisPresence {
     client: Client,
     subscriber: SubscriberClient,
-    node: Arc<Node>,
-    pending: Arc<PendingChanges>,
+    gateway: Arc<Gateway>,
+    pending: Arc<ChangeFeed>,
     incarnation: String,
     settings: RedisSettings,
     up: AtomicBool,
@@ -114,11 +113,11 @@ type Fred<T> = Result<T, fred::error::Error>;
 impl RedisPresence {
     /// Starts the client, the subscriber and the background tasks on the
     /// current (control-plane) runtime. Redis being down is not an error.
-    pub fn start(
-        settings: RedisSettings,
-        node: Arc<Node>,
-        pending: Arc<PendingChanges>,
-    ) -> Result<Arc<Self>, String> {
+    pub fn start(settings: RedisSettings, gateway: Arc<Gateway>) -> Result<Arc<Self>, String> {
+        let pending = gateway
+            .presence_feed()
+            .cloned()
+            .ok_or("the gateway was started without a presence feed")?;
         let config = Config::from_url(&settings.url)
             .map_err(|e| format!("invalid --redis URL {}: {e}", settings.url))?;
         let mut policy = ReconnectPolicy::new_exponential(0, 100, 5_000, 2);
@@ -152,8 +151,8 @@ impl RedisPresence {
         let this = Arc::new(RedisPresence {
             client,
             subscriber,
-            incarnation: node.incarnation.clone(),
-            node,
+            incarnation: gateway.incarnation.clone(),
+            gateway,
             pending,
             settings,
             up: AtomicBool::new(false),
@@ -209,11 +208,11 @@ impl RedisPresence {
     }
 
     fn me(&self) -> &str {
-        &self.node.node_id
+        &self.gateway.node_id
     }
 
     fn tag(&self, session_id: u64) -> String {
-        keys::session_tag(&self.incarnation, session_id)
+        self.gateway.session_tag(session_id)
     }
 
     fn warn(&self, what: &str, e: &dyn std::fmt::Display) {
@@ -329,10 +328,10 @@ impl RedisPresence {
     /// Writes, for each device, what the device index says now: online with
     /// the live session, or no entry in this node's name.
     async fn write_batch(&self, batch: Vec<Box<str>>) -> Fred<()> {
-        metrics::histogram!(m::PRESENCE_BATCH).record(batch.len() as f64);
+        let batch_size = batch.len();
         let started = Instant::now();
         let me = self.me().to_owned();
-        let held: Vec<Option<Location>> = batch.iter().map(|d| self.node.registry.get(d)).collect();
+        let held: Vec<Option<Bound>> = batch.iter().map(|d| self.gateway.locate(d)).collect();
         // Into the node's set before the entry exists: if this node dies in
         // between, cleanup after it still finds (and purges) the entry.
         let joining: Vec<String> = batch
@@ -431,7 +430,7 @@ impl RedisPresence {
                 Err(e) => self.warn("cannot publish a kick to another node", &e),
             }
         }
-        metrics::histogram!(m::PRESENCE_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+        m::control::presence_batch(batch_size, started.elapsed().as_secs_f64());
         if !came_online.is_empty() {
             if let Some(me) = self.self_ref.get().and_then(|w| w.upgrade()) {
                 tokio::spawn(me.deliver_offline(came_online));
@@ -448,19 +447,7 @@ impl RedisPresence {
 
     /// Kicks this node's session for `device` if it is still `session_id`.
     fn kick_local(&self, device: &str, session_id: u64) {
-        if let Some(loc) = self
-            .node
-            .registry
-            .get(device)
-            .filter(|l| l.session_id == session_id)
-        {
-            crate::metrics::kicked(CloseReason::Replaced.name());
-            let _ = self.node.cores[loc.core as usize].send(CoreCommand::Kick {
-                slot: loc.slot,
-                session_id,
-                reason: CloseReason::Replaced,
-            });
-        }
+        self.gateway.kick(device, session_id, CloseReason::Replaced);
     }
 
     // ----- kicks from other nodes -------------------------------------------
@@ -514,14 +501,10 @@ impl RedisPresence {
                 continue;
             };
             metrics::counter!(m::REMOTE_KICKS, "direction" => "received").increment(1);
-            if let Some(loc) = self.node.registry.get(device) {
-                if self.tag(loc.session_id) == sid {
-                    crate::metrics::kicked(CloseReason::Replaced.name());
-                    let _ = self.node.cores[loc.core as usize].send(CoreCommand::Kick {
-                        slot: loc.slot,
-                        session_id: loc.session_id,
-                        reason: CloseReason::Replaced,
-                    });
+            if let Some(b) = self.gateway.locate(device) {
+                if self.tag(b.session_id) == sid {
+                    self.gateway
+                        .kick(device, b.session_id, CloseReason::Replaced);
                 }
             }
         }
@@ -685,10 +668,7 @@ impl RedisPresence {
     // ----- reconciliation and consistency ------------------------------------
 
     /// Local sessions, compared with Redis: (missing, mismatched) device lists.
-    async fn compare_local(
-        &self,
-        local: &[(Box<str>, Location)],
-    ) -> Fred<(Vec<usize>, Vec<usize>)> {
+    async fn compare_local(&self, local: &[(Arc<str>, Bound)]) -> Fred<(Vec<usize>, Vec<usize>)> {
         let (mut missing, mut mismatched) = (Vec::new(), Vec::new());
         for (base, chunk) in local.chunks(BATCH).enumerate() {
             let reads = join_all(chunk.iter().map(|(d, _)| {
@@ -759,7 +739,7 @@ impl RedisPresence {
     /// node's device set.
     pub async fn reconcile(&self) -> Fred<()> {
         let started = Instant::now();
-        let local = self.node.registry.snapshot();
+        let local = self.gateway.snapshot();
         let (missing, mismatched) = self.compare_local(&local).await?;
         for &i in missing.iter().chain(&mismatched) {
             self.pending.mark(&local[i].0);
@@ -770,7 +750,7 @@ impl RedisPresence {
             let _: i64 = self.client.sadd(&set_key, members).await?;
         }
         // Stale: compare with the index as it is now, not the snapshot above.
-        let now = self.node.registry.snapshot();
+        let now = self.gateway.snapshot();
         let names: HashSet<&str> = now.iter().map(|(d, _)| &**d).collect();
         let (stale, _, _) = self.find_stale(&names, None).await?;
         let mut stale_entries = 0u64;
@@ -798,17 +778,17 @@ impl RedisPresence {
     /// (one HMGET per local session and per set member, pipelined in batches
     /// of 1000, plus one SMEMBERS); `sample` limits both sides to that many.
     pub async fn consistency(&self, sample: Option<usize>) -> Fred<Consistency> {
-        let mut local = self.node.registry.snapshot();
+        let mut local = self.gateway.snapshot();
         let local_sessions = local.len() as u64;
         if let Some(n) = sample {
             fastrand::shuffle(&mut local);
             local.truncate(n);
         }
         let (missing, mismatched) = self.compare_local(&local).await?;
-        let all: Vec<(Box<str>, Location)>;
+        let all: Vec<(Arc<str>, Bound)>;
         let names: HashSet<&str> = if sample.is_some() {
             // Stale means "not held here at all": check against every session.
-            all = self.node.registry.snapshot();
+            all = self.gateway.snapshot();
             all.iter().map(|(d, _)| &**d).collect()
         } else {
             local.iter().map(|(d, _)| &**d).collect()
@@ -838,9 +818,8 @@ impl RedisPresence {
         let alive: i64 = self.client.exists(keys::lease(&node)).await?;
         let local = node == self.me()
             && self
-                .node
-                .registry
-                .get(device)
+                .gateway
+                .locate(device)
                 .is_some_and(|l| self.tag(l.session_id) == session);
         Ok(Some(PresenceEntry {
             device_id: device.to_owned(),
@@ -923,17 +902,11 @@ impl RedisPresence {
             Ok(p) => bytes::Bytes::from(p),
             Err(e) => return self.warn("ignoring a routed push with a bad payload", &e),
         };
-        let node = self.node.clone();
+        let gateway = self.gateway.clone();
         tokio::spawn(async move {
-            match crate::gateway::push_local(
-                &node,
-                msg.id,
-                &to,
-                payload,
-                msg.ack,
-                msg.keep_until_ms,
-            )
-            .await
+            match gateway
+                .push_local(msg.id, &to, payload, msg.ack, msg.keep_until_ms)
+                .await
             {
                 Ok(r) => {
                     metrics::counter!(m::PUSH_RECIPIENTS, "outcome" => "delivered")
@@ -1115,15 +1088,10 @@ impl RedisPresence {
                     continue;
                 };
                 let to = crate::gateway::PushTo::Devices(vec![device.clone()]);
-                match crate::gateway::push_local(
-                    &self.node,
-                    entry.id,
-                    &to,
-                    payload.into(),
-                    entry.ack,
-                    Some(entry.exp_ms),
-                )
-                .await
+                match self
+                    .gateway
+                    .push_local(entry.id, &to, payload.into(), entry.ack, Some(entry.exp_ms))
+                    .await
                 {
                     Ok(r) if r.report.delivered > 0 => {
                         metrics::counter!(m::OFFLINE_DELIVERED).increment(1);

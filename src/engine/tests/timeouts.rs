@@ -107,3 +107,16 @@ fn a_peer_that_does_not_take_its_close_is_shut_down_after_the_linger() {
     assert_eq!(r.shut, vec![at.key], "shut down after the 5 s linger");
     assert!(r.engine.is_empty());
 }
+
+#[test]
+fn a_heartbeat_timeout_shorter_than_the_bind_timeout_is_kept() {
+    let mut cfg = EngineConfig::new(0, session_config(), Authenticator::new([KEY.into()], None));
+    cfg.session.bind_timeout = Duration::from_secs(10);
+    cfg.session.heartbeat_timeout = Duration::from_millis(800);
+    let mut r = Rig::with(cfg);
+    let at = r.device("d");
+    r.advance(Duration::from_millis(799));
+    assert_eq!(r.close_reason(at.key), None);
+    r.advance(Duration::from_millis(1));
+    assert_eq!(r.close_reason(at.key), Some(CloseReason::HeartbeatTimeout));
+}

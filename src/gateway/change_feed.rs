@@ -1,12 +1,14 @@
-//! Devices whose presence in Redis may be out of date.
+//! Devices whose presence changed since a consumer last looked: the feed the
+//! Redis presence writer drains.
 //!
-//! The io_uring cores mark a device dirty whenever it binds or goes offline
-//! and move on: they never wait on Redis. The writer later writes what the
-//! node's device index says *at write time* (online with the live session, or
-//! no entry in this node's name), so however many changes a device went
-//! through, one write brings Redis to the current state, and the set holds at
-//! most one entry per device. A hard cap bounds it anyway; past it, marks are
-//! dropped and the writer reconciles the node's whole state instead.
+//! The control plane marks a device here whenever it applies a core's bind or
+//! offline to the device index; nothing on the I/O cores waits on it, and
+//! nothing here waits on Redis. The writer later writes what the device index
+//! says *at write time* (online with the live session, or no entry in this
+//! node's name), so however many changes a device went through, one write
+//! brings Redis to the current state, and the set holds at most one entry per
+//! device. A hard cap bounds it anyway; past it, marks are dropped and the
+//! consumer is told to reconcile the node's whole state instead.
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
@@ -16,7 +18,7 @@ use std::time::Instant;
 
 type Shard = Mutex<HashSet<Box<str>>>;
 
-pub struct PendingChanges {
+pub struct ChangeFeed {
     hasher: RandomState,
     shards: Box<[Shard]>,
     len: AtomicUsize,
@@ -30,10 +32,10 @@ pub struct PendingChanges {
     pub notify: tokio::sync::Notify,
 }
 
-impl PendingChanges {
-    pub fn new(shards: usize, cap: usize) -> PendingChanges {
+impl ChangeFeed {
+    pub fn new(shards: usize, cap: usize) -> ChangeFeed {
         let shards = shards.max(1).next_power_of_two();
-        PendingChanges {
+        ChangeFeed {
             hasher: RandomState::new(),
             shards: (0..shards).map(|_| Mutex::new(HashSet::new())).collect(),
             len: AtomicUsize::new(0),
@@ -68,7 +70,7 @@ impl PendingChanges {
         }
     }
 
-    /// Marks a device dirty (called on the cores; never blocks on I/O).
+    /// Marks a device changed (never blocks on I/O).
     pub fn mark(&self, device_id: &str) {
         self.insert(device_id);
         self.notify.notify_one();
@@ -140,7 +142,7 @@ mod tests {
 
     #[test]
     fn one_entry_per_device_however_many_changes() {
-        let p = PendingChanges::new(4, 100);
+        let p = ChangeFeed::new(4, 100);
         for _ in 0..5 {
             p.mark("d");
         }
@@ -155,7 +157,7 @@ mod tests {
 
     #[test]
     fn cap_bounds_memory_and_flags_overflow() {
-        let p = PendingChanges::new(2, 3);
+        let p = ChangeFeed::new(2, 3);
         for i in 0..10 {
             p.mark(&format!("d{i}"));
         }
