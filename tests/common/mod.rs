@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod redis;
+pub mod seccomp;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
