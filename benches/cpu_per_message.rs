@@ -7,8 +7,9 @@
 //! - **Instructions (Ir)**: miopd runs under callgrind (`--separate-threads`),
 //!   the counters are zeroed right before a phase and dumped right after it;
 //!   Ir per message = the phase's Ir / messages, for the I/O core thread and
-//!   for the whole process. Callgrind is deterministic, so two runs agree to a
-//!   fraction of a percent.
+//!   for the whole process. Callgrind counts exactly; what can vary between
+//!   runs is the path miopd takes (how many event-loop turns a message costs
+//!   depends on when it arrives), hence the quiescing below.
 //! - **Syscalls**: a second miopd, not under valgrind, has strace attached
 //!   (`strace -f -C -p PID`) for each phase only; calls per message by
 //!   syscall and thread, and io_uring submissions (`to_submit` of
@@ -16,7 +17,13 @@
 //!
 //! The load comes from this process over loopback: K sessions bound with raw
 //! sockets and the sans-io codec, then phases, each in lock-step so every
-//! message is handled on its own (one read per Ping on the server):
+//! message is handled on its own (one read per Ping on the server). Each
+//! message is sent only once every miopd thread is blocked waiting
+//! (common/quiesce.rs): every message then pays the full wake-up path of an
+//! otherwise quiet gateway, whatever the timing, which makes the counts
+//! repeatable. `CPU_QUIESCE=0` sends back-to-back instead (cheaper per
+//! message when the next one lands before the loop parks, but that race
+//! varies from run to run).
 //!
 //! 1. idle: nothing sent for a few seconds; the background cost per second
 //!    (timer ticks that scan the sessions), used to correct the other phases;
@@ -33,9 +40,10 @@
 //! Run: `cargo bench --bench cpu_per_message [-- --json FILE]`. Environment:
 //! `CPU_SESSIONS` (K, default 100), `CPU_HEARTBEATS` (N, 2000), `CPU_PUSHES`
 //! (M, 200), `CPU_IDLE_SECS` (3), `CPU_TOOLS` (`callgrind,strace`),
-//! `CPU_JSON` (like `--json`), `CPU_KEEP=1` (keep the callgrind dumps and
-//! strace logs and print where). Needs `valgrind` and `strace` (Debian
-//! packages of those names); a missing tool's half is skipped with a note.
+//! `CPU_JSON` (like `--json`), `CPU_QUIESCE=0`, `CPU_KEEP=1` (keep the
+//! callgrind dumps and strace logs and print where). Needs `valgrind` and
+//! `strace` (Debian packages of those names); a missing tool's half is
+//! skipped with a note.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -49,6 +57,7 @@ use common::admin_http::AdminConn;
 use common::callgrind::{self, Callgrind, Dump};
 use common::free_port;
 use common::gateway_proc::GatewayProc;
+use common::quiesce;
 use common::raw_session::RawSession;
 use common::strace::{self, Strace, Syscalls};
 
@@ -79,6 +88,7 @@ struct Config {
     callgrind: bool,
     strace: bool,
     keep: bool,
+    quiesce: bool,
 }
 
 fn env_num(name: &str, default: usize) -> usize {
@@ -151,6 +161,7 @@ impl Config {
             callgrind: tools.contains("callgrind"),
             strace: tools.contains("strace"),
             keep: std::env::var_os("CPU_KEEP").is_some_and(|v| v == "1"),
+            quiesce: std::env::var_os("CPU_QUIESCE").is_none_or(|v| v != "0"),
         }
     }
 
@@ -241,12 +252,17 @@ impl Phase {
 struct Load {
     sessions: Vec<RawSession>,
     admin: AdminConn,
+    /// miopd's PID, to wait for it to be idle before each message.
+    pid: u32,
+    quiesce: bool,
+    /// Messages sent without miopd having gone idle first (timed out waiting).
+    not_idle: usize,
 }
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 impl Load {
-    async fn connect(gw: &GatewayProc, k: usize) -> Res<Load> {
+    async fn connect(gw: &GatewayProc, k: usize, quiesce: bool) -> Res<Load> {
         let mut sessions = Vec::with_capacity(k);
         for i in 0..k {
             let (s, _ack) = RawSession::bind(gw.listen, &format!("cpu-{i}"), APP_KEY).await?;
@@ -255,12 +271,31 @@ impl Load {
         Ok(Load {
             sessions,
             admin: AdminConn::connect(gw.admin).await?,
+            pid: gw.pid(),
+            quiesce,
+            not_idle: 0,
         })
+    }
+
+    /// Waits until miopd is idle (see common/quiesce.rs), if asked to.
+    async fn settle(&mut self) {
+        if self.quiesce && !quiesce::wait_idle(self.pid, Duration::from_secs(2)).await {
+            self.not_idle += 1;
+        }
+    }
+
+    /// A note on messages sent before miopd went idle since the last call.
+    fn take_not_idle(&mut self) -> String {
+        match std::mem::take(&mut self.not_idle) {
+            0 => String::new(),
+            n => format!(" ({n} messages sent without miopd idle: waited 2 s each)"),
+        }
     }
 
     async fn heartbeats(&mut self, n: usize) -> Res<()> {
         let k = self.sessions.len();
         for i in 0..n {
+            self.settle().await;
             self.sessions[i % k].ping().await?;
         }
         Ok(())
@@ -271,6 +306,7 @@ impl Load {
         let body = format!(r#"{{"to":"all","payload":"{PAYLOAD}","ack":{ack}}}"#);
         let k = self.sessions.len() as u64;
         for _ in 0..m {
+            self.settle().await;
             let (status, reply) = self.admin.post_json("/v1/push", PUSH_TOKEN, &body).await?;
             let delivered = serde_json::from_str::<Value>(&reply)
                 .ok()
@@ -375,7 +411,7 @@ async fn instructions(cfg: &Config, dir: &Path) -> Res<IrRun> {
         t.elapsed().as_secs_f64()
     );
     let mut cg = Callgrind::new(gw.pid(), &out);
-    let mut load = Load::connect(&gw, cfg.sessions).await?;
+    let mut load = Load::connect(&gw, cfg.sessions, cfg.quiesce).await?;
     load.warm_up().await?;
     let mut phases = BTreeMap::new();
     for phase in PHASES {
@@ -386,11 +422,12 @@ async fn instructions(cfg: &Config, dir: &Path) -> Res<IrRun> {
         let dump = cg.dump()?;
         let window = t.elapsed();
         println!(
-            "# callgrind: {} done in {:.1}s, {} Ir over {} threads",
+            "# callgrind: {} done in {:.1}s, {} Ir over {} threads{}",
             phase.label(),
             window.as_secs_f64(),
             dump.total(),
-            dump.threads.len()
+            dump.threads.len(),
+            load.take_not_idle()
         );
         phases.insert(phase, IrPhase { dump, window });
     }
@@ -418,7 +455,7 @@ async fn syscalls(cfg: &Config, dir: &Path) -> Res<BTreeMap<Phase, ScPhase>> {
         Duration::from_secs(30),
     )?;
     println!("# strace: miopd pid {} ready", gw.pid());
-    let mut load = Load::connect(&gw, cfg.sessions).await?;
+    let mut load = Load::connect(&gw, cfg.sessions, cfg.quiesce).await?;
     load.warm_up().await?;
     let mut phases = BTreeMap::new();
     for phase in PHASES {
@@ -430,10 +467,11 @@ async fn syscalls(cfg: &Config, dir: &Path) -> Res<BTreeMap<Phase, ScPhase>> {
         let calls = st.stop()?;
         ran?;
         println!(
-            "# strace: {} done in {:.1}s, {} syscalls",
+            "# strace: {} done in {:.1}s, {} syscalls{}",
             phase.label(),
             window.as_secs_f64(),
-            calls.total()
+            calls.total(),
+            load.take_not_idle()
         );
         phases.insert(phase, ScPhase { calls, window });
     }
@@ -616,6 +654,14 @@ fn main() {
         cfg.pushes * cfg.sessions,
         cfg.idle.as_secs()
     );
+    println!(
+        "  each Ping and each POST /v1/push sent {}",
+        if cfg.quiesce {
+            "once miopd is idle (all threads blocked waiting)"
+        } else {
+            "as soon as the previous one completed (CPU_QUIESCE=0)"
+        }
+    );
     let dir = std::env::temp_dir().join(format!("miop-cpu-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -629,6 +675,7 @@ fn main() {
         "sessions": cfg.sessions,
         "heartbeats": cfg.heartbeats,
         "pushes": cfg.pushes,
+        "quiesce": cfg.quiesce,
         "nproc": nproc,
         "kernel": kernel,
     });

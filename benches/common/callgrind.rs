@@ -76,6 +76,9 @@ pub fn command(program: &Path, out_file: &Path) -> Command {
     let mut c = Command::new("valgrind");
     c.arg("--tool=callgrind")
         .arg("--separate-threads=yes")
+        // Full function names in every dump file, so each file can be read
+        // (and annotated) on its own.
+        .arg("--compress-strings=no")
         .arg(format!("--callgrind-out-file={}", out_file.display()))
         .arg(program);
     c

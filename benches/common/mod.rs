@@ -5,6 +5,7 @@
 pub mod admin_http;
 pub mod callgrind;
 pub mod gateway_proc;
+pub mod quiesce;
 pub mod raw_session;
 pub mod strace;
 
