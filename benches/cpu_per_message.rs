@@ -39,7 +39,7 @@
 //!
 //! Run: `cargo bench --bench cpu_per_message [-- --json FILE]`. Environment:
 //! `CPU_SESSIONS` (K, default 100), `CPU_HEARTBEATS` (N, 2000), `CPU_PUSHES`
-//! (M, 200), `CPU_IDLE_SECS` (3), `CPU_TOOLS` (`callgrind,strace`),
+//! (M, 200), `CPU_IDLE_SECS` (5), `CPU_TOOLS` (`callgrind,strace`),
 //! `CPU_JSON` (like `--json`), `CPU_QUIESCE=0`, `CPU_KEEP=1` (keep the
 //! callgrind dumps and strace logs and print where). Needs `valgrind` and
 //! `strace` (Debian packages of those names); a missing tool's half is
@@ -156,7 +156,7 @@ impl Config {
             sessions: env_num("CPU_SESSIONS", 100),
             heartbeats: env_num("CPU_HEARTBEATS", 2000),
             pushes: env_num("CPU_PUSHES", 200),
-            idle: Duration::from_secs(env_num("CPU_IDLE_SECS", 3) as u64),
+            idle: Duration::from_secs(env_num("CPU_IDLE_SECS", 5) as u64),
             json,
             callgrind: tools.contains("callgrind"),
             strace: tools.contains("strace"),
@@ -225,6 +225,18 @@ impl Phase {
             Phase::Heartbeats => "per heartbeat (Ping→Pong)",
             Phase::Push { ack: false } => "per push delivery, ack=false",
             Phase::Push { ack: true } => "per push delivery + PushAck",
+        }
+    }
+
+    /// How long to leave miopd alone before the phase. Before the idle phase,
+    /// as long as the phase and then some: periodic work that drains what
+    /// the warm-up left behind (the current miopd's metrics upkeep every 5 s
+    /// folds the histogram samples recorded per message) then falls before
+    /// the window and not in it.
+    fn quiet_before(self, cfg: &Config) -> Duration {
+        match self {
+            Phase::Idle => cfg.idle + Duration::from_secs(1),
+            _ => SETTLE,
         }
     }
 
@@ -343,7 +355,12 @@ impl Load {
 
     async fn run(&mut self, phase: Phase, cfg: &Config) -> Res<()> {
         match phase {
-            Phase::Idle => tokio::time::sleep(cfg.idle).await,
+            // Exactly the idle time: a whole number of seconds holds a whole
+            // number of ticks of a once-a-second timer.
+            Phase::Idle => {
+                tokio::time::sleep(cfg.idle).await;
+                return Ok(());
+            }
             Phase::Heartbeats => self.heartbeats(cfg.heartbeats).await?,
             Phase::Push { ack } => self.pushes(cfg.pushes, ack).await?,
         }
@@ -415,12 +432,12 @@ async fn instructions(cfg: &Config, dir: &Path) -> Res<IrRun> {
     load.warm_up().await?;
     let mut phases = BTreeMap::new();
     for phase in PHASES {
-        tokio::time::sleep(SETTLE).await;
-        let t = Instant::now();
+        tokio::time::sleep(phase.quiet_before(cfg)).await;
         cg.zero()?;
+        let t = Instant::now();
         load.run(phase, cfg).await?;
-        let dump = cg.dump()?;
         let window = t.elapsed();
+        let dump = cg.dump()?;
         println!(
             "# callgrind: {} done in {:.1}s, {} Ir over {} threads{}",
             phase.label(),
@@ -459,7 +476,7 @@ async fn syscalls(cfg: &Config, dir: &Path) -> Res<BTreeMap<Phase, ScPhase>> {
     load.warm_up().await?;
     let mut phases = BTreeMap::new();
     for phase in PHASES {
-        tokio::time::sleep(SETTLE).await;
+        tokio::time::sleep(phase.quiet_before(cfg)).await;
         let st = Strace::attach(gw.pid(), &dir.join(format!("strace-{}.txt", phase.key())))?;
         let t = Instant::now();
         let ran = load.run(phase, cfg).await;
