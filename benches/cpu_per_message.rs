@@ -650,6 +650,17 @@ fn report_syscalls(cfg: &Config, phases: &BTreeMap<Phase, ScPhase>) -> Value {
             p.window.as_secs_f64(),
             threads.join(", ")
         );
+        // The raw counts, by thread name and syscall, for whoever digs further.
+        let raw: BTreeMap<String, &BTreeMap<String, u64>> = p
+            .calls
+            .threads
+            .iter()
+            .map(|(tid, t)| (format!("{} ({tid})", t.name), &t.calls))
+            .collect();
+        json.insert(
+            format!("raw_{}", phase.key()),
+            json!({ "window_seconds": p.window.as_secs_f64(), "threads": raw }),
+        );
     }
     Value::Object(json)
 }
@@ -693,6 +704,7 @@ fn main() {
         "heartbeats": cfg.heartbeats,
         "pushes": cfg.pushes,
         "quiesce": cfg.quiesce,
+        "idle_seconds": cfg.idle.as_secs(),
         "nproc": nproc,
         "kernel": kernel,
     });
