@@ -1,6 +1,13 @@
 //! Helpers shared by the benchmarks: free ports, process handles, RSS, and
-//! reading the gateway's admin API.
+//! reading the gateway's admin API; the submodules hold the larger ones.
 #![allow(dead_code)]
+
+pub mod admin_http;
+pub mod callgrind;
+pub mod gateway_proc;
+pub mod quiesce;
+pub mod raw_session;
+pub mod strace;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
