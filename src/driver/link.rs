@@ -88,11 +88,17 @@ pub struct DriverStats {
     /// Time to handle one read (decode, session, replies queued).
     pub read_handling: Histogram,
     /// io_uring operations submitted (uring) or syscalls made for sockets
-    /// (epoll), by kind: readiness waits, reads, writes, accepts.
+    /// (epoll), by kind: readiness waits (epoll_wait), reads (RECV ops or
+    /// recv calls), writes (WRITEV ops or writev calls), inline writes
+    /// (sendmsg tried before a WRITEV), accepts, buffer hand-backs
+    /// (PROVIDE_BUFFERS ops).
     pub polls: u64,
     pub reads: u64,
     pub writes: u64,
+    /// Writes tried inline (non-blocking sendmsg) by the io_uring driver.
+    pub inline_writes: u64,
     pub accepts: u64,
+    pub provides: u64,
     /// Turns of the core's loop, and turns cut short to let I/O through.
     pub turns: u64,
     pub yields: u64,
@@ -106,7 +112,9 @@ impl Default for DriverStats {
             polls: 0,
             reads: 0,
             writes: 0,
+            inline_writes: 0,
             accepts: 0,
+            provides: 0,
             turns: 0,
             yields: 0,
         }
@@ -267,7 +275,9 @@ impl DriverStats {
         self.polls += o.polls;
         self.reads += o.reads;
         self.writes += o.writes;
+        self.inline_writes += o.inline_writes;
         self.accepts += o.accepts;
+        self.provides += o.provides;
         self.turns += o.turns;
         self.yields += o.yields;
     }

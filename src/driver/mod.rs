@@ -128,11 +128,7 @@ pub fn run_core(io: Io, p: CoreParams, ready: impl FnOnce(Result<(), String>)) {
             rt.block_on(async move {
                 match uring::UringCore::new(p) {
                     Ok(c) => {
-                        tracing::debug!(
-                            core,
-                            registered_buffers = c.registered_buffers(),
-                            "core ready (io_uring)"
-                        );
+                        tracing::debug!(core, "core ready (io_uring)");
                         ready(Ok(()));
                         c.run().await
                     }

@@ -19,6 +19,10 @@ use std::task::{RawWaker, RawWakerVTable, Waker};
 
 use futures_util::task::AtomicWaker;
 
+/// A token with this bit set wakes nothing: its completion only needs to be
+/// collected at the next turn (e.g. buffers handed back to the kernel).
+pub const QUIET: u32 = 1 << 30;
+
 /// Most wake queues a process creates (one per core per driver start).
 const MAX_QUEUES: usize = 4096;
 
@@ -73,7 +77,9 @@ impl WakeQueue {
 
     fn wake(&self, token: u32) {
         self.ready.lock().unwrap().push(token);
-        self.main.wake();
+        if token & QUIET == 0 {
+            self.main.wake();
+        }
     }
 }
 

@@ -45,7 +45,9 @@ pub fn publish(cores: &[CoreStats]) -> String {
         ("poll", driver.polls),
         ("read", driver.reads),
         ("write", driver.writes),
+        ("write_inline", driver.inline_writes),
         ("accept", driver.accepts),
+        ("provide_buffers", driver.provides),
     ] {
         counter!(IO_OPERATIONS, "op" => op).absolute(n);
     }

@@ -1,17 +1,25 @@
 //! The io_uring driver: one tokio-uring runtime per core, one task driving
 //! every connection of the core.
 //!
-//! An idle connection is a row of 32 bytes here (its fd and one in-flight
-//! `POLL_ADD`) plus tokio-uring's slot for that op: no task, no buffer. When
-//! the poll completes, the connection borrows a registered buffer for one
-//! `READ_FIXED`, the engine decodes and answers, the buffer goes back, and the
-//! poll is re-armed. Writes are one `WRITEV` of everything the engine queued
-//! for the connection. Completions wake the core's task through wakers that
-//! name the connection (`driver/wake.rs`), so a turn of the loop services
-//! exactly the connections that have something to do.
+//! An idle connection is a 32-byte row here (its fd and one pending
+//! `RECV` that selects its buffer from the core's provided-buffer group only
+//! when data arrives) plus tokio-uring's slot for that op: no task, no
+//! buffer. A completion wakes the core's task through a waker that names the
+//! connection (`driver/wake.rs`); the engine decodes and answers; the buffer
+//! goes back to the kernel at the end of the turn and the receive is
+//! re-armed. Writes are gathered: everything the engine queued for a
+//! connection goes out in one `WRITEV`.
+//!
+//! Each turn of the loop costs a park of the runtime (tokio's reactor, the
+//! ring's submission and completion queues), so the driver keeps turns per
+//! message low: readiness and read are one operation, and the first writes
+//! of a turn are tried inline with a non-blocking `sendmsg`, which saves the
+//! write's completion and the turn it would wake (a heartbeat's Pong then
+//! costs one turn, not three). Past [`INLINE_WRITES`] per turn — a broadcast
+//! or a burst — writes go through the ring, batched into one submission.
 
-mod bufs;
 mod ops;
+mod pbufs;
 mod yielder;
 
 use std::future::Future;
@@ -23,22 +31,26 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use slab::Slab;
 
-use self::bufs::ReadBufs;
-use self::ops::{AcceptAddr, AcceptOp, PollOp, ReadOp, WriteBufs, WriteOp};
+use self::ops::{AcceptAddr, AcceptOp, RecvOp, WriteBufs, WriteOp};
+use self::pbufs::ProvidedBufs;
 use self::yielder::Yielder;
 use super::link::{accept_errno_index, DriverStats, Link, Transport};
-use super::wake::WakeQueue;
+use super::wake::{WakeQueue, QUIET};
 use super::{CoreParams, Turn, BUDGET_CONNS, BUDGET_SESSIONS};
 use crate::engine::{ConnKey, Engine, Now, TransportEnd};
 
-/// Read buffers per core: reads in flight at once, not connections.
-const READ_BUFFERS: usize = 256;
 /// Tokens at and above this name accept operations, not connections.
 const ACCEPT_TOKEN: u32 = 1 << 31;
+/// Tokens of buffer hand-backs (quiet: collected at the next turn).
+const PROVIDE_TOKEN: u32 = ACCEPT_TOKEN | QUIET;
 const NONE: u32 = u32::MAX;
+/// Writes tried inline (non-blocking `sendmsg`) per turn before the rest go
+/// through the ring.
+pub const INLINE_WRITES: usize = 64;
 
 /// A ring with room for bursts: the submission queue is sized for many
-/// concurrent accepts, reads and polls, the completion queue four times that.
+/// concurrent accepts, receives and writes, the completion queue four times
+/// that.
 pub fn build_runtime() -> std::io::Result<tokio_uring::Runtime> {
     let mut uring = tokio_uring::uring_builder();
     uring.setup_cqsize(16_384);
@@ -48,26 +60,25 @@ pub fn build_runtime() -> std::io::Result<tokio_uring::Runtime> {
 /// One connection's row: its socket and the operations pending on it.
 struct Conn {
     fd: OwnedFd,
-    /// Waiting for readability (the idle state).
-    poll: Option<PollOp>,
-    /// Index into `Io::reads` / `Io::writes`, or NONE.
-    read: u32,
+    /// The pending receive (the idle state).
+    recv: Option<RecvOp>,
+    /// Index into `Io::writes`, or NONE.
     write: u32,
     /// The engine asked for a shutdown: no new operations; release once the
     /// pending ones have completed.
     shut: bool,
-    /// Readable, waiting for a free read buffer.
-    wants_buffer: bool,
 }
 
 /// The socket side: connection rows and their in-flight operations.
 struct Io {
     wake: &'static WakeQueue,
     conns: Vec<Option<Conn>>,
-    reads: Slab<ReadOp>,
     writes: Slab<WriteOp>,
-    bufs: ReadBufs,
-    buffer_waiters: std::collections::VecDeque<ConnKey>,
+    bufs: ProvidedBufs,
+    /// Receives that found the buffer group empty: re-armed once buffers
+    /// are back.
+    starved: Vec<ConnKey>,
+    inline_left: usize,
     open: usize,
     stats: DriverStats,
 }
@@ -86,12 +97,13 @@ pub struct UringCore {
     accept_paused_until: Option<Instant>,
     accept_backoff: Duration,
     sleep: Pin<Box<tokio::time::Sleep>>,
+    sleep_at: Option<Instant>,
     yielder: Yielder,
     turn: Turn,
     ready: Vec<u32>,
 }
 
-fn poll_op<F: std::future::Future + Unpin>(op: &mut F, waker: &Waker) -> Poll<F::Output> {
+fn poll_op<F: Future + Unpin>(op: &mut F, waker: &Waker) -> Poll<F::Output> {
     Pin::new(op).poll(&mut Context::from_waker(waker))
 }
 
@@ -105,10 +117,10 @@ impl UringCore {
             io: Io {
                 wake: WakeQueue::new(),
                 conns: Vec::with_capacity(capacity),
-                reads: Slab::with_capacity(READ_BUFFERS),
                 writes: Slab::new(),
-                bufs: ReadBufs::new(READ_BUFFERS),
-                buffer_waiters: Default::default(),
+                bufs: ProvidedBufs::new(),
+                starved: Vec::new(),
+                inline_left: INLINE_WRITES,
                 open: 0,
                 stats: DriverStats::default(),
             },
@@ -119,18 +131,18 @@ impl UringCore {
             accept_paused_until: None,
             accept_backoff: Duration::from_millis(5),
             sleep: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+            sleep_at: None,
             yielder: Yielder::new()?,
             turn: Turn::default(),
             ready: Vec::new(),
         })
     }
 
-    pub fn registered_buffers(&self) -> bool {
-        self.io.bufs.is_registered()
-    }
-
     /// Runs the core until it has drained.
     pub async fn run(mut self) {
+        // The buffers go to the kernel before the first receive is armed
+        // (submissions are processed in order).
+        self.io.flush_buffers();
         for i in 0..self.accepts.len() {
             self.arm_accept(i);
         }
@@ -141,6 +153,7 @@ impl UringCore {
         self.io.wake.register(cx.waker());
         self.yielder.reset(cx);
         self.io.stats.turns += 1;
+        self.io.inline_left = INLINE_WRITES;
         let now = Now::read();
         if let Some(drain) =
             self.turn
@@ -153,7 +166,9 @@ impl UringCore {
         self.io.wake.take(&mut ready);
         let more_ready = ready.len() > BUDGET_CONNS;
         for &token in ready.iter().take(BUDGET_CONNS) {
-            if token >= ACCEPT_TOKEN {
+            if token & PROVIDE_TOKEN == PROVIDE_TOKEN {
+                self.io.collect_provide((token & !PROVIDE_TOKEN) as usize);
+            } else if token >= ACCEPT_TOKEN {
                 self.service_accept(now, (token - ACCEPT_TOKEN) as usize);
             } else {
                 self.service_conn(now, ConnKey(token));
@@ -166,28 +181,25 @@ impl UringCore {
             }
         }
         self.ready = ready;
-        self.serve_buffer_waiters(now);
         let mut more = more_ready;
         more |= self
             .turn
             .timers_and_jobs(&mut self.engine, now, BUDGET_SESSIONS);
         self.link.run_intents(&mut self.engine, now, &mut self.io);
         self.link.flush_reports();
+        self.io.flush_buffers();
+        self.io.rearm_starved();
         if self.accepting && self.accept_paused_until.is_some_and(|t| now.mono >= t) {
             self.accept_paused_until = None;
             for i in 0..self.accepts.len() {
-                if self.accepts[i].is_none() {
-                    self.arm_accept(i);
-                }
+                self.arm_accept(i);
             }
         }
-        if self.turn.drain_done(
-            &mut self.engine,
-            &mut self.link,
-            now,
-            self.io.open,
-            &mut self.io,
-        ) {
+        let open = self.io.open;
+        if self
+            .turn
+            .drain_done(&mut self.engine, &mut self.link, now, open, &mut self.io)
+        {
             return Poll::Ready(());
         }
         if more {
@@ -195,6 +207,13 @@ impl UringCore {
             self.yielder.yield_now(cx);
             return Poll::Pending;
         }
+        self.sleep_until(cx, now);
+        Poll::Pending
+    }
+
+    /// Arms the timer for the next deadline (re-registering it only when the
+    /// deadline moved: resetting a tokio timer is not free).
+    fn sleep_until(&mut self, cx: &mut Context<'_>, now: Now) {
         let wake_at = [
             self.engine.next_timeout(),
             self.accept_paused_until,
@@ -202,15 +221,18 @@ impl UringCore {
         ]
         .into_iter()
         .flatten()
-        .min()
-        .unwrap_or_else(|| now.mono + Duration::from_secs(3600));
-        self.sleep
-            .as_mut()
-            .reset(tokio::time::Instant::from_std(wake_at));
+        .min();
+        if wake_at != self.sleep_at {
+            self.sleep_at = wake_at;
+            let at = wake_at.unwrap_or_else(|| now.mono + Duration::from_secs(3600));
+            self.sleep
+                .as_mut()
+                .reset(tokio::time::Instant::from_std(at));
+        }
         if self.sleep.as_mut().poll(cx).is_ready() {
+            self.sleep_at = None;
             self.yielder.yield_now(cx);
         }
-        Poll::Pending
     }
 
     // ----- accepting -------------------------------------------------------
@@ -223,9 +245,8 @@ impl UringCore {
         let mut op = ops::accept(self.listener.as_raw_fd(), addr);
         self.io.stats.accepts += 1;
         let waker = self.io.wake.waker(ACCEPT_TOKEN + i as u32);
-        match poll_op(&mut op, &waker) {
-            Poll::Pending => self.accepts[i] = Some(op),
-            Poll::Ready(_) => unreachable!("an op cannot complete before it is submitted"),
+        if poll_op(&mut op, &waker).is_pending() {
+            self.accepts[i] = Some(op);
         }
     }
 
@@ -246,13 +267,14 @@ impl UringCore {
                 let fd = unsafe { OwnedFd::from_raw_fd(raw) };
                 self.accept_backoff = Duration::from_millis(5);
                 if !self.accepting || self.engine.is_draining() {
-                    let _ = nix::sys::socket::shutdown(raw, nix::sys::socket::Shutdown::Both);
+                    // SAFETY: shutdown on an fd we own (closed when it drops).
+                    unsafe { libc::shutdown(raw, libc::SHUT_RDWR) };
                     return;
                 }
                 super::tune_accepted(raw);
                 let key = self.engine.accept(now, peer);
                 self.io.insert(key, fd);
-                self.io.arm_poll(key);
+                self.io.arm_recv(key);
                 self.arm_accept(i);
             }
             Err(_) if !self.accepting => {}
@@ -282,87 +304,62 @@ impl UringCore {
     fn stop_accepting(&mut self) {
         self.accepting = false;
         tracing::debug!(core = self.link.core, "accept loop stopped for drain");
-        let _ =
-            nix::sys::socket::shutdown(self.listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        // SAFETY: shutdown on the listener we own.
+        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
     }
 
     // ----- connections -----------------------------------------------------
 
     fn service_conn(&mut self, now: Now, key: ConnKey) {
         let waker = self.io.wake.waker(key.0);
-        let Some(c) = self.io.conns.get_mut(key.index()).and_then(Option::as_mut) else {
-            return;
-        };
-        if let Some(op) = c.poll.as_mut() {
-            if let Poll::Ready(res) = poll_op(op, &waker) {
-                c.poll = None;
-                if !c.shut {
-                    match res {
-                        Ok(_) => self.io.start_read(key),
-                        Err(_) => self
-                            .engine
-                            .on_transport_end(now, key, TransportEnd::IoError),
-                    }
-                }
-            }
-        }
-        self.service_read(now, key, &waker);
+        self.service_recv(now, key, &waker);
         self.service_write(now, key, &waker);
         self.link.run_intents(&mut self.engine, now, &mut self.io);
         self.io.release_if_done(&mut self.engine, key);
     }
 
-    fn service_read(&mut self, now: Now, key: ConnKey, waker: &Waker) {
-        let Some(c) = self.io.conns[key.index()].as_mut() else {
+    fn service_recv(&mut self, now: Now, key: ConnKey, waker: &Waker) {
+        let Some(c) = self.io.conns.get_mut(key.index()).and_then(Option::as_mut) else {
             return;
         };
-        if c.read == NONE {
-            return;
-        }
-        let Poll::Ready((res, mut buf)) = poll_op(&mut self.io.reads[c.read as usize], waker)
-        else {
+        let Some(op) = c.recv.as_mut() else {
             return;
         };
-        self.io.reads.remove(c.read as usize);
-        c.read = NONE;
+        let Poll::Ready((res, buf)) = poll_op(op, waker) else {
+            return;
+        };
+        c.recv = None;
         let shut = c.shut;
-        let full = match res {
-            _ if shut => false,
-            Ok(0) => {
-                self.engine
-                    .on_transport_end(now, key, TransportEnd::PeerClosed);
-                false
-            }
-            Ok(n) => {
+        match (res, buf) {
+            (_, Some(id)) if shut => self.io.bufs.give_back(id),
+            (Ok(n), Some(id)) => {
                 let started = Instant::now();
-                self.engine.on_bytes(now, key, buf.filled(n));
+                self.engine.on_bytes(now, key, self.io.bufs.filled(id, n));
+                self.io.bufs.give_back(id);
                 self.io
                     .stats
                     .read_handling
                     .record(started.elapsed().as_secs_f64());
-                n == buf.capacity()
             }
-            Err(_) => {
-                self.engine
-                    .on_transport_end(now, key, TransportEnd::IoError);
-                false
+            _ if shut => {}
+            (Ok(0), None) => self
+                .engine
+                .on_transport_end(now, key, TransportEnd::PeerClosed),
+            (Err(e), None) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                self.io.starved.push(key);
+                return;
             }
-        };
-        self.io.bufs.give_back(buf);
-        // Shutdowns decided by this read happen before the next operation.
-        self.link.run_intents(&mut self.engine, now, &mut self.io);
-        if self.io.conns[key.index()].as_ref().is_some_and(|c| !c.shut) {
-            if full {
-                // The buffer filled up: more is probably waiting.
-                self.io.start_read(key);
-            } else {
-                self.io.arm_poll(key);
-            }
+            _ => self
+                .engine
+                .on_transport_end(now, key, TransportEnd::IoError),
         }
+        // Shutdowns decided by these bytes happen before the next receive.
+        self.link.run_intents(&mut self.engine, now, &mut self.io);
+        self.io.arm_recv(key);
     }
 
     fn service_write(&mut self, now: Now, key: ConnKey, waker: &Waker) {
-        let Some(c) = self.io.conns[key.index()].as_mut() else {
+        let Some(c) = self.io.conns.get_mut(key.index()).and_then(Option::as_mut) else {
             return;
         };
         if c.write == NONE {
@@ -387,25 +384,6 @@ impl UringCore {
             Err(_) => self.engine.on_written(now, key, false),
         }
     }
-
-    fn serve_buffer_waiters(&mut self, now: Now) {
-        while let Some(&key) = self.io.buffer_waiters.front() {
-            let waiting = self.io.conns[key.index()]
-                .as_ref()
-                .is_some_and(|c| c.wants_buffer && !c.shut);
-            if !waiting {
-                self.io.buffer_waiters.pop_front();
-                continue;
-            }
-            let Some(buf) = self.io.bufs.take() else {
-                break;
-            };
-            self.io.buffer_waiters.pop_front();
-            self.io.conns[key.index()].as_mut().unwrap().wants_buffer = false;
-            self.io.submit_read(key, buf);
-        }
-        let _ = now;
-    }
 }
 
 impl Io {
@@ -417,51 +395,56 @@ impl Io {
         debug_assert!(self.conns[i].is_none(), "key reused before release");
         self.conns[i] = Some(Conn {
             fd,
-            poll: None,
-            read: NONE,
+            recv: None,
             write: NONE,
             shut: false,
-            wants_buffer: false,
         });
         self.open += 1;
     }
 
-    fn arm_poll(&mut self, key: ConnKey) {
+    fn arm_recv(&mut self, key: ConnKey) {
         let waker = self.wake.waker(key.0);
-        let Some(c) = self.conns[key.index()].as_mut() else {
+        let Some(c) = self.conns.get_mut(key.index()).and_then(Option::as_mut) else {
             return;
         };
-        if c.shut || c.poll.is_some() || c.read != NONE {
+        if c.shut || c.recv.is_some() {
             return;
         }
-        let mut op = ops::poll_readable(c.fd.as_raw_fd());
-        self.stats.polls += 1;
+        let mut op = ops::recv(c.fd.as_raw_fd(), self.bufs.group(), pbufs::BUF_LEN as u32);
+        self.stats.reads += 1;
         if poll_op(&mut op, &waker).is_pending() {
-            c.poll = Some(op);
+            c.recv = Some(op);
         }
     }
 
-    fn start_read(&mut self, key: ConnKey) {
-        match self.bufs.take() {
-            Some(buf) => self.submit_read(key, buf),
-            None => {
-                if let Some(c) = self.conns[key.index()].as_mut() {
-                    c.wants_buffer = true;
-                    self.buffer_waiters.push_back(key);
+    fn rearm_starved(&mut self) {
+        for key in std::mem::take(&mut self.starved) {
+            self.arm_recv(key);
+        }
+    }
+
+    /// Hands consumed buffers back to the kernel (in batches; at once if a
+    /// receive found the group empty).
+    fn flush_buffers(&mut self) {
+        let wake = self.wake;
+        let force = !self.starved.is_empty();
+        let n = self.bufs.flush(force, |idx, op| {
+            let waker = wake.waker(PROVIDE_TOKEN | idx as u32);
+            let _ = poll_op(op, &waker);
+        });
+        self.stats.provides += n as u64;
+    }
+
+    fn collect_provide(&mut self, idx: usize) {
+        let waker = self.wake.waker(PROVIDE_TOKEN | idx as u32);
+        if let Some(op) = self.bufs.ops.get_mut(idx) {
+            if let Poll::Ready(res) = poll_op(op, &waker) {
+                self.bufs.ops.remove(idx);
+                if let Err(e) = res {
+                    tracing::error!(error = %e, "io_uring refused read buffers back");
                 }
             }
         }
-    }
-
-    fn submit_read(&mut self, key: ConnKey, buf: bufs::ReadBuf) {
-        let waker = self.wake.waker(key.0);
-        let Some(c) = self.conns[key.index()].as_mut() else {
-            return self.bufs.give_back(buf);
-        };
-        let mut op = ops::read(c.fd.as_raw_fd(), buf);
-        self.stats.reads += 1;
-        let _ = poll_op(&mut op, &waker);
-        c.read = self.reads.insert(op) as u32;
     }
 
     fn submit_write(&mut self, key: ConnKey, fd: RawFd, bufs: WriteBufs) {
@@ -480,12 +463,37 @@ impl Io {
     fn release_if_done(&mut self, engine: &mut Engine, key: ConnKey) {
         let done = self.conns[key.index()]
             .as_ref()
-            .is_some_and(|c| c.shut && c.poll.is_none() && c.read == NONE && c.write == NONE);
+            .is_some_and(|c| c.shut && c.recv.is_none() && c.write == NONE);
         if done {
             self.conns[key.index()] = None;
             self.open -= 1;
             engine.released(key);
         }
+    }
+}
+
+/// Sends as much of `chunks` as the socket takes now, without blocking.
+fn send_now(fd: RawFd, chunks: &[Bytes]) -> std::io::Result<usize> {
+    let mut iov = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; crate::engine::MAX_BATCH_CHUNKS];
+    for (v, c) in iov.iter_mut().zip(chunks) {
+        *v = libc::iovec {
+            iov_base: c.as_ptr() as *mut libc::c_void,
+            iov_len: c.len(),
+        };
+    }
+    // SAFETY: a zeroed msghdr is valid; the iovecs point into live chunks.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = chunks.len().min(iov.len()) as _;
+    // SAFETY: sendmsg on an fd we own with a valid msghdr.
+    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 
@@ -495,7 +503,7 @@ impl Transport for Io {
             return;
         };
         c.shut = true;
-        // Wakes the pending poll, read or write, so they complete now.
+        // Completes the pending receive and write now.
         // SAFETY: shutdown on an fd we own.
         unsafe { libc::shutdown(c.fd.as_raw_fd(), libc::SHUT_RDWR) };
         self.release_if_done(engine, key);
@@ -509,6 +517,17 @@ impl Transport for Io {
             return;
         }
         let fd = c.fd.as_raw_fd();
-        self.submit_write(key, fd, WriteBufs::new(batch));
+        let mut bufs = WriteBufs::new(batch);
+        if self.inline_left > 0 {
+            self.inline_left -= 1;
+            self.stats.inline_writes += 1;
+            match send_now(fd, bufs.chunks()) {
+                Ok(n) if !bufs.advance(n) => return engine.on_written(now, key, true),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return engine.on_written(now, key, false),
+            }
+        }
+        self.submit_write(key, fd, bufs);
     }
 }

@@ -1,22 +1,20 @@
 //! The io_uring operations of the driver, submitted through tokio-uring's
 //! public `UnsubmittedOneshot` escape hatch.
 //!
-//! tokio-uring's own socket methods are `async fn`s that want a task each;
-//! these are plain `Unpin` values (an op index and a driver handle, 16 bytes
-//! for the poll) that live in the core's tables and are polled with a waker
-//! naming their connection (see `driver/wake.rs`). Each keeps what the kernel
-//! writes into or reads from (a buffer, iovecs, a sockaddr) as the op's stable
-//! data until the completion arrives.
+//! tokio-uring's own socket methods are `async fn`s that want a task each,
+//! and it has no provided buffers; these are plain `Unpin` values (an op
+//! index and a driver handle: 16 bytes for a pending receive) that live in
+//! the core's tables and are polled with a waker naming their connection (see
+//! `driver/wake.rs`). Each keeps what the kernel reads from or writes into
+//! (iovecs, a sockaddr) as the op's stable data until the completion arrives.
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
 use bytes::Bytes;
-use io_uring::{cqueue, opcode, types};
+use io_uring::{cqueue, opcode, squeue, types};
 use tokio_uring::{InFlightOneshot, OneshotOutputTransform, UnsubmittedOneshot};
-
-use super::bufs::ReadBuf;
 
 fn result(cqe: &cqueue::Entry) -> io::Result<u32> {
     let r = cqe.result();
@@ -27,11 +25,39 @@ fn result(cqe: &cqueue::Entry) -> io::Result<u32> {
     }
 }
 
-/// A one-shot IORING_OP_POLL_ADD: readable, hung up or in error. An idle
-/// connection waits on this and holds no buffer.
-pub struct PollDone;
+/// One IORING_OP_RECV with IOSQE_BUFFER_SELECT: the kernel picks a buffer
+/// from the core's provided-buffer group only when data arrives, so an idle
+/// connection waits on this without holding a buffer, and readiness and the
+/// read are one operation.
+pub struct RecvDone;
 
-impl OneshotOutputTransform for PollDone {
+impl OneshotOutputTransform for RecvDone {
+    /// Bytes received and the id of the buffer they are in (none on EOF or
+    /// error).
+    type Output = (io::Result<usize>, Option<u16>);
+    type StoredData = ();
+    fn transform_oneshot_output(self, _: (), cqe: cqueue::Entry) -> Self::Output {
+        (
+            result(&cqe).map(|n| n as usize),
+            cqueue::buffer_select(cqe.flags()),
+        )
+    }
+}
+
+pub type RecvOp = InFlightOneshot<(), RecvDone>;
+
+pub fn recv(fd: RawFd, group: u16, len: u32) -> RecvOp {
+    let sqe = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), len)
+        .buf_group(group)
+        .build()
+        .flags(squeue::Flags::BUFFER_SELECT);
+    UnsubmittedOneshot::new((), RecvDone, sqe).submit()
+}
+
+/// IORING_OP_PROVIDE_BUFFERS: hands buffers (back) to the kernel's group.
+pub struct ProvideDone;
+
+impl OneshotOutputTransform for ProvideDone {
     type Output = io::Result<u32>;
     type StoredData = ();
     fn transform_oneshot_output(self, _: (), cqe: cqueue::Entry) -> io::Result<u32> {
@@ -39,30 +65,17 @@ impl OneshotOutputTransform for PollDone {
     }
 }
 
-pub type PollOp = InFlightOneshot<(), PollDone>;
+pub type ProvideOp = InFlightOneshot<(), ProvideDone>;
 
-pub fn poll_readable(fd: RawFd) -> PollOp {
-    let mask = (libc::POLLIN | libc::POLLRDHUP) as u32;
-    let sqe = opcode::PollAdd::new(types::Fd(fd), mask).build();
-    UnsubmittedOneshot::new((), PollDone, sqe).submit()
-}
-
-/// One read into a buffer borrowed from the core's pool.
-pub struct ReadDone;
-
-impl OneshotOutputTransform for ReadDone {
-    type Output = (io::Result<usize>, ReadBuf);
-    type StoredData = ReadBuf;
-    fn transform_oneshot_output(self, buf: ReadBuf, cqe: cqueue::Entry) -> Self::Output {
-        (result(&cqe).map(|n| n as usize), buf)
-    }
-}
-
-pub type ReadOp = InFlightOneshot<ReadBuf, ReadDone>;
-
-pub fn read(fd: RawFd, mut buf: ReadBuf) -> ReadOp {
-    let sqe = buf.read_sqe(fd);
-    UnsubmittedOneshot::new(buf, ReadDone, sqe).submit()
+/// Provides `count` buffers of `len` bytes starting at `addr`, with ids
+/// `first..first + count`.
+///
+/// # Safety
+/// The memory must stay valid, and untouched by us, until the kernel hands
+/// each buffer back in a completion.
+pub unsafe fn provide(addr: *mut u8, len: usize, count: u16, group: u16, first: u16) -> ProvideOp {
+    let sqe = opcode::ProvideBuffers::new(addr, len as i32, count, group, first).build();
+    UnsubmittedOneshot::new((), ProvideDone, sqe).submit()
 }
 
 /// The chunks of one gathered write and how far it got.
@@ -81,6 +94,10 @@ impl WriteBufs {
             })
             .collect();
         WriteBufs { chunks, iov }
+    }
+
+    pub fn chunks(&self) -> &[Bytes] {
+        &self.chunks
     }
 
     /// Skips `n` written bytes; returns whether bytes remain.
