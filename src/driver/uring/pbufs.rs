@@ -17,11 +17,13 @@ use super::ops::{self, ProvideOp};
 /// Buffer size: a heartbeat, an ack or a Bind fit in one; longer frames
 /// arrive over several receives and are reassembled by the engine.
 pub const BUF_LEN: usize = 4096;
-/// Buffers per core (4 MiB).
-pub const BUFS: u16 = 1024;
+/// Buffers per core (2 MiB): enough for the receives that complete between
+/// two turns of the loop; a burst beyond it costs a re-armed receive, not an
+/// error.
+pub const BUFS: u16 = 512;
 const GROUP: u16 = 0;
 /// Consumed buffers kept before handing them back.
-pub const RETURN_BATCH: usize = 64;
+pub const RETURN_BATCH: usize = 32;
 
 pub struct ProvidedBufs {
     /// Leaked on purpose: the kernel may write into a provided buffer until
@@ -38,7 +40,17 @@ pub struct ProvidedBufs {
 impl ProvidedBufs {
     pub fn new() -> ProvidedBufs {
         ProvidedBufs {
-            region: Box::leak(vec![0u8; BUF_LEN * BUFS as usize].into_boxed_slice()),
+            region: {
+                let region = Box::leak(vec![0u8; BUF_LEN * BUFS as usize].into_boxed_slice());
+                // Touch every page now: the kernel fills the buffers in turn,
+                // so they are resident soon anyway, and a fixed cost per core
+                // should show at start, not as growth per session.
+                for page in region.chunks_mut(4096) {
+                    // SAFETY: a volatile write to memory we own.
+                    unsafe { std::ptr::write_volatile(page.as_mut_ptr(), 0) };
+                }
+                region
+            },
             returning: (0..BUFS).collect(),
             in_kernel: 0,
             ops: Slab::new(),
