@@ -382,6 +382,7 @@ fn link_limit_finds_where_the_gateway_stops_taking_sessions() {
     let gw = Miopd::start_with(Options {
         args: vec!["--cores".into(), "1".into()],
         fd_limit: Some(256),
+        ..Options::default()
     });
     let json = json_path("link");
     let out = bench(&[

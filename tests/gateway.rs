@@ -348,6 +348,7 @@ async fn fd_exhaustion_backs_off_and_recovers() {
             "1s".into(),
         ],
         fd_limit: Some(64),
+        ..Options::default()
     });
     let mut hold = Vec::new();
     for _ in 0..80 {

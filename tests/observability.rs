@@ -412,3 +412,39 @@ fn systemd_accepts_the_unit() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histograms_are_exported_from_the_start() {
+    // Before any observation, every bucket of every histogram is there at 0,
+    // so a dashboard panel never says "no data" on an idle gateway.
+    let gw = Miopd::start(&["--cores", "2"]);
+    let body = gw.get("/metrics").1;
+    for h in [
+        "miop_bind_duration_seconds",
+        "miop_read_handling_seconds",
+        "miop_push_ack_latency_seconds",
+    ] {
+        let buckets: Vec<&str> = body
+            .lines()
+            .filter(|l| l.starts_with(&format!("{h}_bucket{{")))
+            .collect();
+        assert!(buckets.len() >= 10, "{h}: {buckets:?}");
+        assert!(
+            buckets.iter().all(|l| l.ends_with(" 0")),
+            "{h}: {buckets:?}"
+        );
+        assert!(
+            body.contains(&format!("{h}_bucket{{le=\"+Inf\"}} 0\n")),
+            "{h}"
+        );
+        assert!(body.contains(&format!("{h}_count 0\n")), "{h}");
+        assert!(body.contains(&format!("# TYPE {h} histogram\n")), "{h}");
+    }
+    // And they move: one bind is one observation.
+    let _c = gw.bound("first").await;
+    let body = gw.get("/metrics").1;
+    assert!(
+        body.contains("miop_bind_duration_seconds_count 1\n"),
+        "{body}"
+    );
+}

@@ -74,6 +74,7 @@ pub struct EpollCore {
     sleep: Pin<Box<tokio::time::Sleep>>,
     turn: Turn,
     events: Vec<libc::epoll_event>,
+    panic_on_accept: bool,
 }
 
 fn token(key: ConnKey, gen: u32) -> u64 {
@@ -128,6 +129,7 @@ impl EpollCore {
             sleep: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
             turn: Turn::default(),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS],
+            panic_on_accept: p.panic_on_accept,
         })
     }
 
@@ -293,6 +295,7 @@ impl EpollCore {
             // SAFETY: a new fd we own.
             let fd = unsafe { OwnedFd::from_raw_fd(raw) };
             let peer = super::peer_addr(&storage, len);
+            super::failpoint(self.panic_on_accept, self.link.core);
             super::tune_accepted(raw);
             let key = self.engine.accept(now, peer);
             if let Err(e) = self.io.insert(key, fd) {

@@ -113,6 +113,17 @@ pub struct CoreParams {
     pub capacity: usize,
     /// Accept operations kept in flight (io_uring).
     pub accepts_in_flight: usize,
+    /// Panic when the core accepts its first connection: a failpoint for the
+    /// test that proves a dead core ends the process
+    /// (`MIOP_FAILPOINT_CORE_PANIC=<core>`).
+    pub panic_on_accept: bool,
+}
+
+/// The failpoint of [`CoreParams::panic_on_accept`].
+fn failpoint(armed: bool, core: u16) {
+    if armed {
+        panic!("failpoint MIOP_FAILPOINT_CORE_PANIC={core}");
+    }
 }
 
 /// Runs one core on the current thread until it has drained. `ready` is

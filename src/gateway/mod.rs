@@ -128,6 +128,8 @@ pub fn start(
             listener,
             capacity: per_core,
             accepts_in_flight: ACCEPTS_IN_FLIGHT,
+            panic_on_accept: std::env::var("MIOP_FAILPOINT_CORE_PANIC")
+                .is_ok_and(|v| v == id.to_string()),
         };
         threads.push(
             threads::spawn_core(io, params, ready_tx.clone())

@@ -26,12 +26,6 @@ pub fn spawn_core(
         .spawn(move || {
             let started = ready.clone();
             let run = std::panic::catch_unwind(AssertUnwindSafe(move || {
-                if std::env::var_os("MIOP_FAILPOINT_CORE_PANIC")
-                    .is_some_and(|v| v == core.to_string().as_str())
-                {
-                    // For the test that proves a dead core ends the process.
-                    panic!("failpoint MIOP_FAILPOINT_CORE_PANIC={core}");
-                }
                 driver::run_core(io, params, |r| {
                     let _ = started.send(r.map(|()| core));
                 })

@@ -27,17 +27,23 @@ pub struct Miopd {
     pub log: PathBuf,
 }
 
+#[derive(Default)]
 pub struct Options {
     pub args: Vec<String>,
     /// Lower RLIMIT_NOFILE (soft and hard) for the gateway process.
     pub fd_limit: Option<u64>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Deny io_uring to the gateway with a seccomp filter, as Docker >= 25
+    /// and containerd 2 do by default.
+    pub deny_io_uring: bool,
 }
 
 impl Miopd {
     pub fn start(args: &[&str]) -> Miopd {
         Miopd::start_with(Options {
             args: args.iter().map(|s| s.to_string()).collect(),
-            fd_limit: None,
+            ..Options::default()
         })
     }
 
@@ -57,8 +63,12 @@ impl Miopd {
         .args(&opts.args)
         .env("MIOP_LOG", "debug")
         .env_remove("MIOP_APP_KEYS")
+        .envs(opts.env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap());
+        if opts.deny_io_uring {
+            seccomp::deny_io_uring(&mut cmd);
+        }
         if let Some(limit) = opts.fd_limit {
             use std::os::unix::process::CommandExt;
             unsafe {

@@ -101,6 +101,7 @@ pub struct UringCore {
     yielder: Yielder,
     turn: Turn,
     ready: Vec<u32>,
+    panic_on_accept: bool,
 }
 
 fn poll_op<F: Future + Unpin>(op: &mut F, waker: &Waker) -> Poll<F::Output> {
@@ -135,6 +136,7 @@ impl UringCore {
             yielder: Yielder::new()?,
             turn: Turn::default(),
             ready: Vec::new(),
+            panic_on_accept: p.panic_on_accept,
         })
     }
 
@@ -271,6 +273,7 @@ impl UringCore {
                     unsafe { libc::shutdown(raw, libc::SHUT_RDWR) };
                     return;
                 }
+                super::failpoint(self.panic_on_accept, self.link.core);
                 super::tune_accepted(raw);
                 let key = self.engine.accept(now, peer);
                 self.io.insert(key, fd);
