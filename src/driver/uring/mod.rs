@@ -18,12 +18,13 @@
 //! costs one turn, not three). Past [`INLINE_WRITES`] per turn — a broadcast
 //! or a burst — writes go through the ring, batched into one submission.
 
+mod accept;
 mod ops;
 mod pbufs;
 mod yielder;
 
 use std::future::Future;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -34,7 +35,7 @@ use slab::Slab;
 use self::ops::{AcceptAddr, AcceptOp, RecvOp, WriteBufs, WriteOp};
 use self::pbufs::ProvidedBufs;
 use self::yielder::Yielder;
-use super::link::{accept_errno_index, DriverStats, Link, Transport};
+use super::link::{DriverStats, Link, Transport};
 use super::wake::{WakeQueue, QUIET};
 use super::{CoreParams, Turn, BUDGET_CONNS, BUDGET_SESSIONS};
 use crate::engine::{ConnKey, Engine, Now, TransportEnd};
@@ -235,80 +236,6 @@ impl UringCore {
             self.sleep_at = None;
             self.yielder.yield_now(cx);
         }
-    }
-
-    // ----- accepting -------------------------------------------------------
-
-    fn arm_accept(&mut self, i: usize) {
-        if !self.accepting || self.accepts[i].is_some() {
-            return;
-        }
-        let addr = self.spare_addrs.pop().unwrap_or_else(AcceptAddr::new);
-        let mut op = ops::accept(self.listener.as_raw_fd(), addr);
-        self.io.stats.accepts += 1;
-        let waker = self.io.wake.waker(ACCEPT_TOKEN + i as u32);
-        if poll_op(&mut op, &waker).is_pending() {
-            self.accepts[i] = Some(op);
-        }
-    }
-
-    fn service_accept(&mut self, now: Now, i: usize) {
-        let Some(op) = self.accepts.get_mut(i).and_then(Option::as_mut) else {
-            return;
-        };
-        let waker = self.io.wake.waker(ACCEPT_TOKEN + i as u32);
-        let Poll::Ready((res, addr)) = poll_op(op, &waker) else {
-            return;
-        };
-        self.accepts[i] = None;
-        let peer = addr.peer();
-        self.spare_addrs.push(addr);
-        match res {
-            Ok(raw) => {
-                // SAFETY: the kernel returned a new fd that we now own.
-                let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-                self.accept_backoff = Duration::from_millis(5);
-                if !self.accepting || self.engine.is_draining() {
-                    // SAFETY: shutdown on an fd we own (closed when it drops).
-                    unsafe { libc::shutdown(raw, libc::SHUT_RDWR) };
-                    return;
-                }
-                super::failpoint(self.panic_on_accept, self.link.core);
-                super::tune_accepted(raw);
-                let key = self.engine.accept(now, peer);
-                self.io.insert(key, fd);
-                self.io.arm_recv(key);
-                self.arm_accept(i);
-            }
-            Err(_) if !self.accepting => {}
-            Err(e) => {
-                let kind = accept_errno_index(e.raw_os_error());
-                self.io.stats.accept_errors[kind] += 1;
-                if super::accept_error_is_transient(&e) {
-                    self.arm_accept(i);
-                } else {
-                    // Out of fds or memory: back off (5 ms doubling to 1 s) so
-                    // the loop does not spin; accepting resumes within one
-                    // backoff step of connections closing.
-                    let backoff = self.accept_backoff;
-                    let core = self.link.core;
-                    self.link
-                        .accept_log
-                        .warn(|suppressed| super::log_accept_error(core, &e, suppressed, backoff));
-                    self.accept_paused_until = Some(now.mono + backoff);
-                    self.accept_backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-            }
-        }
-    }
-
-    /// Stops accepting for the drain: shutting the listening socket down
-    /// completes the pending accepts with an error.
-    fn stop_accepting(&mut self) {
-        self.accepting = false;
-        tracing::debug!(core = self.link.core, "accept loop stopped for drain");
-        // SAFETY: shutdown on the listener we own.
-        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
     }
 
     // ----- connections -----------------------------------------------------
