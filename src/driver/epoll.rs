@@ -199,8 +199,7 @@ impl EpollCore {
         more |= self
             .turn
             .timers_and_jobs(&mut self.engine, now, BUDGET_SESSIONS);
-        self.link.run_intents(&mut self.engine, now, &mut self.io);
-        self.link.flush_reports();
+        self.link.finish_turn(&mut self.engine, now, &mut self.io);
         if self.turn.drain_done(
             &mut self.engine,
             &mut self.link,
@@ -302,7 +301,7 @@ impl EpollCore {
                 tracing::warn!(core = self.link.core, error = %e, "cannot watch a new connection");
                 self.engine
                     .on_transport_end(now, key, TransportEnd::IoError);
-                self.link.run_intents(&mut self.engine, now, &mut self.io);
+                self.link.run_intents(&mut self.engine, &mut self.io);
                 continue;
             }
             // Its Bind may already be here (the registration is edge-triggered).
@@ -351,13 +350,13 @@ impl EpollCore {
                 .stats
                 .read_handling
                 .record(started.elapsed().as_secs_f64());
-            self.link.run_intents(&mut self.engine, now, &mut self.io);
+            self.link.run_intents(&mut self.engine, &mut self.io);
             if n < self.io.buf.len() {
                 exhausted = false; // a short read: drained
                 break;
             }
         }
-        self.link.run_intents(&mut self.engine, now, &mut self.io);
+        self.link.run_intents(&mut self.engine, &mut self.io);
         // Still readable after the per-turn reads: continue next turn.
         if exhausted && self.io.conns.get(key.index()).is_some_and(Option::is_some) {
             self.io.unread.push(key);

@@ -144,6 +144,8 @@ pub struct Link {
     pub commands: mpsc::UnboundedReceiver<Command>,
     reports: mpsc::UnboundedSender<CoreReport>,
     presence: Vec<PresenceEvent>,
+    /// Writes of this turn, performed at its end (see [`Link::finish_turn`]).
+    writes: Vec<(ConnKey, Vec<bytes::Bytes>)>,
     pushes: HashMap<u64, oneshot::Sender<PushOutcome>>,
     next_tag: u64,
     protocol_log: RateLimitedLog,
@@ -162,6 +164,7 @@ impl Link {
             commands,
             reports,
             presence: Vec::new(),
+            writes: Vec::new(),
             pushes: HashMap::new(),
             next_tag: 1,
             protocol_log: RateLimitedLog::new(Duration::from_secs(5)),
@@ -207,14 +210,15 @@ impl Link {
         None
     }
 
-    /// Takes the engine's intents and writes: socket operations go to the
-    /// transport, the rest to the control plane and the log.
-    pub fn run_intents(&mut self, engine: &mut Engine, now: Now, io: &mut impl Transport) {
+    /// Takes the engine's intents: shutdowns go to the transport at once,
+    /// writes wait for the end of the turn, the rest goes to the control
+    /// plane and the log.
+    pub fn run_intents(&mut self, engine: &mut Engine, io: &mut impl Transport) {
         loop {
             let mut progressed = false;
-            while let Some((key, batch)) = engine.poll_transmit() {
+            while let Some(w) = engine.poll_transmit() {
                 progressed = true;
-                io.write(engine, now, key, batch);
+                self.writes.push(w);
             }
             while let Some(intent) = engine.poll_intent() {
                 progressed = true;
@@ -234,6 +238,23 @@ impl Link {
             }
             if !progressed {
                 break;
+            }
+        }
+    }
+
+    /// Ends a turn: the presence changes go to the control plane as one
+    /// batch, and only then the turn's writes to the sockets. So a client
+    /// never reads its BindAck before the node's device index can know of the
+    /// bind (a push or a lookup right after the BindAck finds the session).
+    pub fn finish_turn(&mut self, engine: &mut Engine, now: Now, io: &mut impl Transport) {
+        loop {
+            self.run_intents(engine, io);
+            self.flush_reports();
+            if self.writes.is_empty() {
+                break;
+            }
+            for (key, batch) in std::mem::take(&mut self.writes) {
+                io.write(engine, now, key, batch);
             }
         }
     }

@@ -358,8 +358,7 @@ impl Turn {
             now.mono >= by
         } else if now.mono >= d.deadline {
             d.forced = engine.force_close_all(now);
-            link.run_intents(engine, now, io);
-            link.flush_reports();
+            link.finish_turn(engine, now, io);
             d.release_by = Some(now.mono + Duration::from_secs(1));
             engine.is_empty() && open == 0
         } else {

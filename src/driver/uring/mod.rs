@@ -188,8 +188,7 @@ impl UringCore {
         more |= self
             .turn
             .timers_and_jobs(&mut self.engine, now, BUDGET_SESSIONS);
-        self.link.run_intents(&mut self.engine, now, &mut self.io);
-        self.link.flush_reports();
+        self.link.finish_turn(&mut self.engine, now, &mut self.io);
         self.io.flush_buffers();
         self.io.rearm_starved();
         if self.accepting && self.accept_paused_until.is_some_and(|t| now.mono >= t) {
@@ -244,7 +243,7 @@ impl UringCore {
         let waker = self.io.wake.waker(key.0);
         self.service_recv(now, key, &waker);
         self.service_write(now, key, &waker);
-        self.link.run_intents(&mut self.engine, now, &mut self.io);
+        self.link.run_intents(&mut self.engine, &mut self.io);
         self.io.release_if_done(&mut self.engine, key);
     }
 
@@ -284,7 +283,7 @@ impl UringCore {
                 .on_transport_end(now, key, TransportEnd::IoError),
         }
         // Shutdowns decided by these bytes happen before the next receive.
-        self.link.run_intents(&mut self.engine, now, &mut self.io);
+        self.link.run_intents(&mut self.engine, &mut self.io);
         self.io.arm_recv(key);
     }
 
