@@ -11,6 +11,14 @@
 # (port 7399) so the broadcast reaches every node. Push-to-ack latency
 # percentiles are then read from the gateways' histograms.
 #
+# SOURCES=N: loopback source addresses for the load generator (127.0.0.2 ...);
+# default one per 3,000 connections (at least 8, at most 250): the kernel's
+# ephemeral-port search in connect() slows down badly when one source address
+# carries tens of thousands of connections (a 300k run with 8 addresses
+# collapsed at ~220k). MIOPD=path runs another miopd binary (e.g. an older
+# build, for before/after figures); CORES (default 2) is --cores per gateway;
+# MIOP_IO (uring, epoll) is passed to the gateways through the environment.
+#
 # Writes target/fleet/{summary.txt,run.json,run.html,gateways.txt}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +26,11 @@ conns=${1:-50000}
 gateways=${2:-3}
 duration=${3:-60s}
 push_rate=${PUSH_RATE:-}
+sources=${SOURCES:-$(( conns / 3000 ))}
+[ "$sources" -lt 8 ] && sources=8
+[ "$sources" -gt 250 ] && sources=250
+miopd=${MIOPD:-./target/release/miopd}
+cores=${CORES:-2}
 out=target/fleet
 mkdir -p "$out"
 
@@ -26,6 +39,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
+echo "fleet: $conns sessions, $gateways gateways x $cores cores ($miopd, MIOP_IO=${MIOP_IO:-auto}), $sources source addresses, $duration"
 gw_args=()
 bench_args=()
 if [ -n "$push_rate" ]; then
@@ -40,8 +54,8 @@ if [ -n "$push_rate" ]; then
 fi
 
 for i in $(seq 0 $((gateways - 1))); do
-  ./target/release/miopd --listen 127.0.0.1:$((7710 + i)) --admin 127.0.0.1:$((7810 + i)) \
-    --app-key pk --cores 2 --heartbeat 30s --node-id "gw$i" "${gw_args[@]}" \
+  "$miopd" --listen 127.0.0.1:$((7710 + i)) --admin 127.0.0.1:$((7810 + i)) \
+    --app-key pk --cores "$cores" --heartbeat 30s --node-id "gw$i" "${gw_args[@]}" \
     >"$out/miopd-$i.out" 2>"$out/miopd-$i.log" &
   pids+=($!)
 done
@@ -68,7 +82,7 @@ last=$((7710 + gateways - 1))
 extra=()
 [ "$gateways" -gt 1 ] && extra=(--target "127.0.0.1:7711-$last")
 ./target/release/miop-bench "miop://$(hostname):pk@127.0.0.1:7710/" -t 6 -c "$conns" -d "$duration" \
-  --latency --bind 127.0.0.2-127.0.0.9 "${extra[@]}" "${bench_args[@]}" \
+  --latency --bind "127.0.0.2-127.0.0.$((1 + sources))" "${extra[@]}" "${bench_args[@]}" \
   --json "$out/run.json" --report "$out/run.html" | tee "$out/summary.txt"
 echo "gateway samples:"; tail -n 3 "$out/gateways.txt"
 

@@ -7,7 +7,9 @@
 //! 3.1.1 connections (if `mosquitto` is installed), so the ratio compares two
 //! servers measured on the same machine at the same time.
 //!
-//! Run: `cargo bench --bench idle_memory` (env IDLE_SESSIONS=N to change N).
+//! Run: `cargo bench --bench idle_memory` (env IDLE_SESSIONS=N to change N;
+//! MIOP_IO=uring|epoll picks the driver; MIOPD_BIN=path measures another
+//! miopd build, e.g. an older one for a before/after figure).
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
@@ -36,7 +38,8 @@ async fn settle(pid: u32) -> u64 {
 async fn miopd(n: usize) -> (u64, u64, f64) {
     let port = free_port();
     let admin_port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_miopd"))
+    let bin = std::env::var("MIOPD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_miopd").into());
+    let child = Command::new(&bin)
         .args([
             "--listen",
             &format!("127.0.0.1:{port}"),
@@ -158,6 +161,11 @@ fn main() {
     rt.block_on(async {
         let (before, after, bind_secs) = miopd(n).await;
         let per = (after - before) as f64 / n as f64;
+        println!(
+            "binary={} MIOP_IO={}",
+            std::env::var("MIOPD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_miopd").into()),
+            std::env::var("MIOP_IO").unwrap_or_else(|_| "auto".into())
+        );
         println!("miopd      sessions={n} rss_before={before} rss_after={after} growth_per_session={per:.0} B  (bound in {bind_secs:.2}s, {:.0} binds/s)", n as f64 / bind_secs);
         // Let the miop client sockets leave the fd table before the next fleet.
         tokio::time::sleep(Duration::from_millis(500)).await;
