@@ -479,3 +479,12 @@ impl Transport for Io {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_idle_connection_row_is_16_bytes() {
+        // Its fd and an empty pending-write slot (plus a 4-byte generation).
+        assert_eq!(std::mem::size_of::<Option<super::Conn>>(), 16);
+    }
+}

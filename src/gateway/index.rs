@@ -13,15 +13,36 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::engine::{PresenceEvent, SessionRef};
+use crate::engine::{ConnKey, PresenceEvent, SessionRef};
 
-/// Where a bound session lives on this node.
+/// Where a bound session lives on this node. Flat (24 bytes, not 32 with a
+/// nested `SessionRef`): a node holds one per bound device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Location {
-    pub core: u16,
-    pub at: SessionRef,
+    pub session_id: u64,
     /// Bind time (unix ms): orders binds of one device across nodes.
     pub since_ms: u64,
+    key: ConnKey,
+    pub core: u16,
+}
+
+impl Location {
+    pub fn new(core: u16, at: SessionRef, since_ms: u64) -> Location {
+        Location {
+            session_id: at.session_id,
+            since_ms,
+            key: at.key,
+            core,
+        }
+    }
+
+    /// The session on its core.
+    pub fn at(&self) -> SessionRef {
+        SessionRef {
+            key: self.key,
+            session_id: self.session_id,
+        }
+    }
 }
 
 /// Close this session: the device bound again elsewhere on the node.
@@ -54,13 +75,13 @@ impl DeviceIndex {
                 at,
                 since_ms,
             } => {
-                let loc = Location { core, at, since_ms };
+                let loc = Location::new(core, at, since_ms);
                 match self.devices.get_mut(&*device) {
                     Some(old) => {
                         let prev = std::mem::replace(old, loc);
-                        ((prev.core, prev.at) != (core, at)).then_some(Kick {
+                        ((prev.core, prev.at()) != (core, at)).then_some(Kick {
                             core: prev.core,
-                            at: prev.at,
+                            at: prev.at(),
                         })
                     }
                     None => {
@@ -73,7 +94,7 @@ impl DeviceIndex {
                 if self
                     .devices
                     .get(&*device)
-                    .is_some_and(|l| l.core == core && l.at == at)
+                    .is_some_and(|l| l.core == core && l.at() == at)
                 {
                     self.devices.remove(&*device);
                 }
@@ -103,7 +124,6 @@ impl DeviceIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::ConnKey;
 
     fn at(key: u32, sid: u64) -> SessionRef {
         SessionRef {
@@ -118,6 +138,13 @@ mod tests {
             at: a,
             since_ms: 0,
         }
+    }
+
+    #[test]
+    fn an_entry_is_40_bytes_plus_the_id() {
+        // The key is the session's own Arc<str> (16 bytes here, the text and
+        // its two counts in one shared allocation), the value 24 bytes.
+        assert_eq!(std::mem::size_of::<(Arc<str>, Location)>(), 40);
     }
 
     #[test]
@@ -136,7 +163,7 @@ mod tests {
             at: at(1, 1),
         };
         assert_eq!(ix.apply(0, stale), None);
-        assert_eq!(ix.get("d").map(|l| (l.core, l.at)), Some((1, at(1, 2))));
+        assert_eq!(ix.get("d").map(|l| (l.core, l.at())), Some((1, at(1, 2))));
         let same_key_other_core = PresenceEvent::Offline {
             device: "d".into(),
             at: at(1, 2),

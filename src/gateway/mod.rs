@@ -266,7 +266,7 @@ impl Gateway {
     /// The session holding `device` on this node, if any.
     pub fn locate(&self, device: &str) -> Option<Bound> {
         self.location(device).map(|l| Bound {
-            session_id: l.at.session_id,
+            session_id: l.session_id,
             since_ms: l.since_ms,
         })
     }
@@ -281,7 +281,7 @@ impl Gateway {
                 (
                     d,
                     Bound {
-                        session_id: l.at.session_id,
+                        session_id: l.session_id,
                         since_ms: l.since_ms,
                     },
                 )
@@ -300,10 +300,10 @@ impl Gateway {
     /// a kick was sent.
     pub fn kick(&self, device: &str, session_id: u64, reason: CloseReason) -> bool {
         match self.location(device) {
-            Some(l) if l.at.session_id == session_id => {
+            Some(l) if l.session_id == session_id => {
                 m::kicked(reason.name());
                 self.cores[l.core as usize]
-                    .send(Command::Kick { at: l.at, reason })
+                    .send(Command::Kick { at: l.at(), reason })
                     .is_ok()
             }
             _ => false,
@@ -315,7 +315,10 @@ impl Gateway {
         let loc = self.location(device)?;
         let (reply, rx) = oneshot::channel();
         self.cores[loc.core as usize]
-            .send(Command::Inspect { at: loc.at, reply })
+            .send(Command::Inspect {
+                at: loc.at(),
+                reply,
+            })
             .ok()?;
         let view = tokio::time::timeout(Duration::from_secs(2), rx)
             .await
@@ -364,7 +367,7 @@ impl Gateway {
                 let st = self.sync();
                 for d in devices {
                     match st.index.get(d) {
-                        Some(l) => lists[l.core as usize].push(l.at),
+                        Some(l) => lists[l.core as usize].push(l.at()),
                         None => {
                             out.report.unknown += 1;
                             out.not_here.push(d.clone());

@@ -36,7 +36,7 @@ fn a_duplicate_bind_on_another_core_kicks_the_older_session() {
     // Core 0's late "offline" must not remove the newer session.
     assert!(sync(&mut index, &mut core0, 0).is_empty());
     let loc = index.get("phone").unwrap();
-    assert_eq!((loc.core, loc.at), (1, new));
+    assert_eq!((loc.core, loc.at()), (1, new));
     assert_eq!(core1.close_reason(new.key), None);
 }
 
@@ -51,7 +51,7 @@ fn a_duplicate_bind_on_the_same_core_kicks_the_older_session() {
     r.engine.kick(r.now, old, CloseReason::Replaced);
     r.pump();
     sync(&mut index, &mut r, 0);
-    assert_eq!(index.get("phone").map(|l| l.at), Some(new));
+    assert_eq!(index.get("phone").map(|l| l.at()), Some(new));
     assert_eq!(r.engine.sessions(), 1);
 }
 
