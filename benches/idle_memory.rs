@@ -8,8 +8,9 @@
 //! servers measured on the same machine at the same time.
 //!
 //! Run: `cargo bench --bench idle_memory` (env IDLE_SESSIONS=N to change N;
-//! MIOP_IO=uring|epoll picks the driver; MIOPD_BIN=path measures another
-//! miopd build, e.g. an older one for a before/after figure).
+//! MIOP_IO=uring,epoll (the default) lists the drivers to measure, each in
+//! turn in the same run; MIOPD_BIN=path measures another miopd build, e.g. an
+//! older one for a before/after figure, with MIOP_IO=auto).
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
@@ -35,7 +36,7 @@ async fn settle(pid: u32) -> u64 {
     last
 }
 
-async fn miopd(n: usize) -> (u64, u64, f64) {
+async fn miopd(n: usize, io: &str) -> (u64, u64, f64) {
     let port = free_port();
     let admin_port = free_port();
     let bin = std::env::var("MIOPD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_miopd").into());
@@ -48,6 +49,7 @@ async fn miopd(n: usize) -> (u64, u64, f64) {
         ])
         .args(["--app-key", "pk", "--cores", "2", "--heartbeat", "600s"])
         .env("MIOP_LOG", "warn")
+        .env("MIOP_IO", io)
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn miopd");
@@ -158,22 +160,29 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // Each driver in turn (MIOP_IO lists them, default both), then the peer.
+    let drivers = std::env::var("MIOP_IO").unwrap_or_else(|_| "uring,epoll".into());
     rt.block_on(async {
-        let (before, after, bind_secs) = miopd(n).await;
-        let per = (after - before) as f64 / n as f64;
         println!(
-            "binary={} MIOP_IO={}",
-            std::env::var("MIOPD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_miopd").into()),
-            std::env::var("MIOP_IO").unwrap_or_else(|_| "auto".into())
+            "binary={}",
+            std::env::var("MIOPD_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_miopd").into())
         );
-        println!("miopd      sessions={n} rss_before={before} rss_after={after} growth_per_session={per:.0} B  (bound in {bind_secs:.2}s, {:.0} binds/s)", n as f64 / bind_secs);
-        // Let the miop client sockets leave the fd table before the next fleet.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut results = Vec::new();
+        for io in drivers.split(',') {
+            let (before, after, bind_secs) = miopd(n, io).await;
+            let per = (after - before) as f64 / n as f64;
+            println!("miopd      io={io} sessions={n} rss_before={before} rss_after={after} growth_per_session={per:.0} B  (bound in {bind_secs:.2}s, {:.0} binds/s)", n as f64 / bind_secs);
+            results.push((io.to_owned(), per));
+            // Let the client sockets leave the fd table before the next fleet.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         match mosquitto(n).await {
             Some((b, a)) => {
                 let peer = (a - b) as f64 / n as f64;
                 println!("mosquitto  connections={n} rss_before={b} rss_after={a} growth_per_connection={peer:.0} B");
-                println!("ratio miopd/mosquitto = {:.2}", per / peer);
+                for (io, per) in results {
+                    println!("ratio miopd({io})/mosquitto = {:.2}", per / peer);
+                }
             }
             None => println!("mosquitto  not installed or did not start: no peer figure in this run"),
         }
