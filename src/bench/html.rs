@@ -1317,6 +1317,40 @@ mod tests {
         assert_eq!(html.matches("<rect x=").count(), 12);
     }
 
+    /// The page is pinned byte for byte, so a refactor of this module cannot
+    /// change it unnoticed. The input is [`sample_report`] cut to every tenth
+    /// second, which keeps the file small and still takes every path: a log
+    /// latency axis, a dashed series, point markers, broken lines and bars.
+    /// After a deliberate change to the page, rewrite the file with
+    /// `MIOP_BLESS=1 cargo test --lib html` and review the diff.
+    #[test]
+    fn sample_report_matches_the_golden_page() {
+        let mut r = sample_report();
+        r.timeline.retain(|p| (p.t as u64).is_multiple_of(10));
+        let html = render(&r);
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/bench/html/testdata/sample_report.html"
+        );
+        if std::env::var_os("MIOP_BLESS").is_some() {
+            std::fs::write(path, &html).unwrap();
+        }
+        let golden = std::fs::read_to_string(path).unwrap();
+        if html != golden {
+            let line = html
+                .lines()
+                .zip(golden.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or_else(|| html.lines().count().min(golden.lines().count()));
+            panic!(
+                "the page differs from {path} from line {}:\n  now:    {:?}\n  golden: {:?}",
+                line + 1,
+                html.lines().nth(line),
+                golden.lines().nth(line)
+            );
+        }
+    }
+
     #[test]
     fn text_from_the_run_is_escaped() {
         let mut r = sample_report();
