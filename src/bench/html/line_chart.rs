@@ -22,7 +22,7 @@ pub(super) struct Series<'a> {
 }
 
 /// A line chart over time with colours from [`PALETTE`], in series order.
-pub(super) fn line_chart(
+pub(super) fn palette_line_chart(
     title: &str,
     y_label: &str,
     series: &[(&str, Vec<(f64, f64)>)],
@@ -37,12 +37,12 @@ pub(super) fn line_chart(
             color: PALETTE[i % PALETTE.len()],
         })
         .collect();
-    chart(title, y_label, &styled, log_y)
+    line_chart(title, y_label, &styled, log_y)
 }
 
 /// A line chart over time: gridlines, tick labels, axis titles, legend and
 /// one `<polyline>` per unbroken stretch of each series.
-pub(super) fn chart(title: &str, y_label: &str, series: &[Series], log_y: bool) -> String {
+pub(super) fn line_chart(title: &str, y_label: &str, series: &[Series], log_y: bool) -> String {
     let usable = |&(x, y): &(f64, f64)| x.is_finite() && y.is_finite() && (!log_y || y > 0.0);
     let all = || {
         series

@@ -10,7 +10,7 @@ use crate::bench::report::StepSummary;
 use crate::bench::stats::Percentiles;
 
 /// The section; nothing for a run without steps.
-pub(super) fn steps(o: &mut String, steps: &[StepSummary]) {
+pub(super) fn section(o: &mut String, steps: &[StepSummary]) {
     if steps.is_empty() {
         return;
     }

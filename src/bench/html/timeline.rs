@@ -1,13 +1,13 @@
 //! The "Over time" section: the per-second timeline as four charts
 //! (connection growth, rates, cumulative errors, latency percentiles).
 
-use super::line_chart::{chart, line_chart, OwnedSeries, Series};
+use super::line_chart::{line_chart, palette_line_chart, OwnedSeries, Series};
 use super::style::metric_colors;
 use crate::bench::report::TimelinePoint;
 use crate::bench::stats::Percentiles;
 
 /// The section, or a note if the run ended before its first sample.
-pub(super) fn timeline(o: &mut String, tl: &[TimelinePoint]) {
+pub(super) fn section(o: &mut String, tl: &[TimelinePoint]) {
     o.push_str("<h2>Over time</h2>\n");
     if tl.is_empty() {
         o.push_str(
@@ -19,7 +19,7 @@ pub(super) fn timeline(o: &mut String, tl: &[TimelinePoint]) {
         tl.iter().map(|p| (p.t, f(p))).collect()
     };
 
-    o.push_str(&line_chart(
+    o.push_str(&palette_line_chart(
         "Connection growth",
         "bound sessions",
         &[("connected", series(&|p| p.connected as f64))],
@@ -35,11 +35,16 @@ pub(super) fn timeline(o: &mut String, tl: &[TimelinePoint]) {
     .into_iter()
     .filter(|(_, pts)| pts.iter().any(|(_, y)| y.is_finite() && *y != 0.0))
     .collect();
-    o.push_str(&line_chart("Rates per second", "per second", &rates, false));
+    o.push_str(&palette_line_chart(
+        "Rates per second",
+        "per second",
+        &rates,
+        false,
+    ));
 
     let errors = series(&|p| p.errors as f64);
     let timeouts = series(&|p| p.timeouts as f64);
-    o.push_str(&chart(
+    o.push_str(&line_chart(
         "Errors and timeouts (cumulative)",
         "count",
         &[
@@ -95,5 +100,5 @@ pub(super) fn timeline(o: &mut String, tl: &[TimelinePoint]) {
     } else {
         "Latency percentiles over time"
     };
-    o.push_str(&chart(title, "latency (ms)", &lat_series, log_y));
+    o.push_str(&line_chart(title, "latency (ms)", &lat_series, log_y));
 }
