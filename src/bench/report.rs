@@ -1,6 +1,6 @@
 //! The run's results: a summary, a per-second timeline, and the wrk-style text
 //! report printed at the end. `--json` writes [`Report`] as is; `--report`
-//! renders it as a self-contained HTML page (see `html.rs`).
+//! renders it as a self-contained HTML page (see `html/`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

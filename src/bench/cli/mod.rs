@@ -2,13 +2,22 @@
 //! plus what long-lived connection load needs (ramp, source addresses, targets,
 //! worker processes, scenarios). [`Plan::from_args`] validates everything up
 //! front so that bad input is one clear line and a non-zero exit.
+//!
+//! Flag values are parsed by `quantity` (counts, durations, rates) and
+//! `address` (source addresses, targets); their parsers are re-exported here.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+mod address;
+mod quantity;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use self::address::resolve;
+pub use self::address::{parse_sources, parse_targets, Sources};
+pub use self::quantity::{parse_count, parse_count_or_zero, parse_duration, parse_rate};
 use crate::client::MiopUrl;
 
 /// miop-bench: a load generator for Miop push gateways (wrk for long-lived connections).
@@ -171,10 +180,6 @@ impl Scenario {
         }
     }
 }
-
-/// Source addresses for outgoing connections.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sources(pub Vec<IpAddr>);
 
 /// A validated run plan.
 #[derive(Debug, Clone)]
@@ -369,167 +374,6 @@ impl Plan {
     }
 }
 
-fn resolve(hostport: &str) -> Result<Vec<SocketAddr>, String> {
-    let addrs: Vec<SocketAddr> = hostport
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {hostport}: {e}"))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(format!("cannot resolve {hostport}: no addresses"));
-    }
-    Ok(addrs)
-}
-
-/// `HOST:PORT` or `HOST:PORT-PORT`.
-pub fn parse_targets(s: &str) -> Result<Vec<SocketAddr>, String> {
-    let s = s.trim();
-    let (host, ports) = s
-        .rsplit_once(':')
-        .ok_or_else(|| format!("target {s:?} must be HOST:PORT or HOST:PORT-PORT"))?;
-    let port = |p: &str| {
-        p.parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| format!("invalid port {p:?} in target {s:?}"))
-    };
-    let (lo, hi) = match ports.split_once('-') {
-        Some((a, b)) => (port(a)?, port(b)?),
-        None => (port(ports)?, port(ports)?),
-    };
-    if lo > hi {
-        return Err(format!("port range {lo}-{hi} is backwards in target {s:?}"));
-    }
-    let base = resolve(&format!("{host}:{lo}"))?[0];
-    Ok((lo..=hi).map(|p| SocketAddr::new(base.ip(), p)).collect())
-}
-
-/// SI counts as wrk takes them: 60000, 60k, 1M, 1.5k, 2G.
-pub fn parse_count(s: &str) -> Result<u64, String> {
-    let n = parse_count_or_zero(s)?;
-    if n == 0 {
-        return Err(format!("{s:?} must be at least 1"));
-    }
-    Ok(n)
-}
-
-pub fn parse_count_or_zero(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&t[..i], 1e3),
-        Some((i, 'm' | 'M')) => (&t[..i], 1e6),
-        Some((i, 'g' | 'G')) => (&t[..i], 1e9),
-        _ => (t, 1.0),
-    };
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a count (e.g. 500, 60k, 1M)"))?;
-    let v = v * mult;
-    if !v.is_finite() || !(0.0..=1e12).contains(&v) || v.fract() != 0.0 {
-        return Err(format!("{s:?} is not a whole count between 0 and 10^12"));
-    }
-    Ok(v as u64)
-}
-
-/// wrk-style durations: 15 (seconds), 500ms, 30s, 2m, 2h, 1d; decimals allowed.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 15, 500ms, 30s, 2m, 2h)"))?;
-    let secs = match unit {
-        "" | "s" => v,
-        "ms" => v / 1e3,
-        "us" => v / 1e6,
-        "m" | "min" => v * 60.0,
-        "h" => v * 3600.0,
-        "d" => v * 86400.0,
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?} in duration {s:?} (use ms, s, m, h)"
-            ))
-        }
-    };
-    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
-        return Err(format!("duration {s:?} is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-/// Rates: 2000, 2000/s, 5k/s, 120/m.
-pub fn parse_rate(s: &str) -> Result<f64, String> {
-    let t = s.trim();
-    let (num, per) = match t.split_once('/') {
-        Some((n, "s")) => (n, 1.0),
-        Some((n, "m" | "min")) => (n, 60.0),
-        Some((n, "h")) => (n, 3600.0),
-        Some((_, u)) => return Err(format!("unknown rate unit /{u} in {s:?} (use /s, /m, /h)")),
-        None => (t, 1.0),
-    };
-    let n = parse_count(num).map_err(|_| format!("{s:?} is not a rate (e.g. 2000, 5k/s)"))?;
-    Ok(n as f64 / per)
-}
-
-/// `127.0.0.2-127.0.0.40`, `127.0.0.0/26`, `::1`, or comma-separated mixes.
-pub fn parse_sources(s: &str) -> Result<Sources, String> {
-    let mut out = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        if let Some((a, b)) = part.split_once('-') {
-            let a: Ipv4Addr = a
-                .parse()
-                .map_err(|_| format!("{a:?} is not an IPv4 address in {part:?}"))?;
-            let b: Ipv4Addr = b
-                .parse()
-                .map_err(|_| format!("{b:?} is not an IPv4 address in {part:?}"))?;
-            let (a, b) = (u32::from(a), u32::from(b));
-            if a > b {
-                return Err(format!("address range {part:?} is backwards"));
-            }
-            if b - a >= 1 << 16 {
-                return Err(format!(
-                    "address range {part:?} is larger than 65536 addresses"
-                ));
-            }
-            out.extend((a..=b).map(|v| IpAddr::V4(Ipv4Addr::from(v))));
-        } else if let Some((net, len)) = part.split_once('/') {
-            let net: Ipv4Addr = net
-                .parse()
-                .map_err(|_| format!("{net:?} is not an IPv4 network in {part:?}"))?;
-            let len: u32 = len
-                .parse()
-                .ok()
-                .filter(|l| (16..=32).contains(l))
-                .ok_or_else(|| format!("prefix length in {part:?} must be between 16 and 32"))?;
-            let mask = if len == 32 {
-                u32::MAX
-            } else {
-                !(u32::MAX >> len)
-            };
-            let base = u32::from(net) & mask;
-            let size = 1u32 << (32 - len);
-            // Skip the network and broadcast addresses of real subnets.
-            let (first, last) = if size > 2 {
-                (base + 1, base + size - 2)
-            } else {
-                (base, base + size - 1)
-            };
-            out.extend((first..=last).map(|v| IpAddr::V4(Ipv4Addr::from(v))));
-        } else {
-            out.push(
-                part.parse::<IpAddr>()
-                    .map_err(|_| format!("{part:?} is not an IP address"))?,
-            );
-        }
-    }
-    if out.is_empty() {
-        return Err("--bind needs at least one address".into());
-    }
-    Ok(Sources(out))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -567,45 +411,6 @@ mod tests {
         assert_eq!(p.targets, vec!["127.0.0.1:7700".parse().unwrap()]);
         assert_eq!(p.device_id(0), "vm-host-0");
         assert_eq!(p.scenario, Scenario::Stability);
-    }
-
-    #[test]
-    fn counts_durations_and_rates() {
-        assert_eq!(parse_count("60k"), Ok(60_000));
-        assert_eq!(parse_count("1M"), Ok(1_000_000));
-        assert_eq!(parse_count("1.5k"), Ok(1_500));
-        assert!(parse_count("0").is_err());
-        assert!(parse_count("-5").is_err());
-        assert!(parse_count("1.5").is_err());
-        assert!(parse_count("lots").is_err());
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert!(parse_duration("2y").is_err());
-        assert!(parse_duration("").is_err());
-        assert_eq!(parse_rate("5k/s"), Ok(5000.0));
-        assert_eq!(parse_rate("120/m"), Ok(2.0));
-        assert!(parse_rate("5/fortnight").is_err());
-    }
-
-    #[test]
-    fn sources_and_targets() {
-        let s = parse_sources("127.0.0.2-127.0.0.40").unwrap();
-        assert_eq!(s.0.len(), 39);
-        assert_eq!(s.0[0], "127.0.0.2".parse::<IpAddr>().unwrap());
-        let s = parse_sources("127.0.1.0/29").unwrap();
-        assert_eq!(s.0.len(), 6);
-        assert_eq!(parse_sources("127.0.0.2,127.0.0.3").unwrap().0.len(), 2);
-        assert!(parse_sources("127.0.0.9-127.0.0.2").is_err());
-        assert!(parse_sources("nope").is_err());
-        assert!(parse_sources("10.0.0.0/8").is_err());
-        let t = parse_targets("127.0.0.1:7700-7702").unwrap();
-        assert_eq!(t.len(), 3);
-        assert_eq!(t[2].port(), 7702);
-        assert!(parse_targets("127.0.0.1").is_err());
-        assert!(parse_targets("127.0.0.1:9-3").is_err());
     }
 
     #[test]
