@@ -12,10 +12,8 @@
 //! `writev` of everything the engine queued, finished on EPOLLOUT when the
 //! socket buffer was full.
 
-use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -23,7 +21,7 @@ use bytes::Bytes;
 use tokio::io::unix::AsyncFd;
 
 use super::link::{accept_errno_index, DriverStats, Link, Transport};
-use super::{CoreParams, Turn, BUDGET_CONNS, BUDGET_SESSIONS};
+use super::{Alarm, CoreParams, Turn, BUDGET_CONNS, BUDGET_SESSIONS};
 use crate::engine::{ConnKey, Engine, Now, TransportEnd};
 
 /// The per-core read buffer.
@@ -71,7 +69,7 @@ pub struct EpollCore {
     accept_pending: bool,
     accept_paused_until: Option<Instant>,
     accept_backoff: Duration,
-    sleep: Pin<Box<tokio::time::Sleep>>,
+    alarm: Alarm,
     turn: Turn,
     events: Vec<libc::epoll_event>,
     panic_on_accept: bool,
@@ -126,7 +124,7 @@ impl EpollCore {
             accept_pending: true,
             accept_paused_until: None,
             accept_backoff: Duration::from_millis(5),
-            sleep: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+            alarm: Alarm::default(),
             turn: Turn::default(),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS],
             panic_on_accept: p.panic_on_accept,
@@ -214,19 +212,12 @@ impl EpollCore {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        let wake_at = [
+        let deadlines = [
             self.engine.next_timeout(),
             self.accept_paused_until,
             self.turn.drain_deadline(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or_else(|| now.mono + Duration::from_secs(3600));
-        self.sleep
-            .as_mut()
-            .reset(tokio::time::Instant::from_std(wake_at));
-        if self.sleep.as_mut().poll(cx).is_ready() {
+        ];
+        if self.alarm.set(cx, now, deadlines) {
             cx.waker().wake_by_ref();
         }
         Poll::Pending

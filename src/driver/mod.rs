@@ -259,6 +259,50 @@ fn log_accept_error(core: u16, e: &io::Error, suppressed: u64, backoff: Duration
     }
 }
 
+/// The core's timer: one tokio `Sleep`, re-registered only when the next
+/// deadline moves (resetting a tokio timer is not free, and most turns do
+/// not move it).
+pub struct Alarm {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    at: Option<Instant>,
+}
+
+impl Default for Alarm {
+    fn default() -> Self {
+        Alarm {
+            sleep: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+            at: None,
+        }
+    }
+}
+
+impl Alarm {
+    /// Sets the alarm for the earliest of `deadlines` and registers the task
+    /// for it. Returns true if that time has already come (the caller must
+    /// run another turn).
+    pub fn set(
+        &mut self,
+        cx: &mut Context<'_>,
+        now: Now,
+        deadlines: impl IntoIterator<Item = Option<Instant>>,
+    ) -> bool {
+        use std::future::Future;
+        let at = deadlines.into_iter().flatten().min();
+        if at != self.at {
+            self.at = at;
+            let when = at.unwrap_or_else(|| now.mono + Duration::from_secs(3600));
+            self.sleep
+                .as_mut()
+                .reset(tokio::time::Instant::from_std(when));
+        }
+        if self.sleep.as_mut().poll(cx).is_ready() {
+            self.at = None;
+            return true;
+        }
+        false
+    }
+}
+
 /// The parts of a turn both drivers share: commands, deadlines and jobs,
 /// and the drain.
 #[derive(Default)]

@@ -234,39 +234,10 @@ fn listen_counters() -> Option<(u64, u64)> {
 /// data" before the first event. Presence metrics only when Redis is used.
 pub fn init_zero(presence: bool, io: &'static str) {
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "io" => io).set(1.0);
-    use crate::protocol::CloseReason;
-    for r in [
-        "ok",
-        "malformed",
-        "frame_too_large",
-        "unsupported_version",
-        "unknown_opcode",
-        "auth_failed",
-    ]
-    .into_iter()
-    .chain(["not_bound", "already_bound", "invalid_device_id"])
-    {
-        counter!(BINDS, "result" => r).increment(0);
-    }
-    for c in 0..=8u16 {
-        if let Some(r) = CloseReason::from_u16(c) {
-            counter!(CLOSES, "reason" => r.name()).increment(0);
-        }
-    }
-    for r in ["peer_closed", "io_error"] {
-        counter!(CLOSES, "reason" => r).increment(0);
-    }
+    // The I/O cores' counters (binds, closes, timeouts, accept errors, acks,
+    // drops) are set, every label value, from the cores' figures at each
+    // scrape (gateway/stats.rs): they need no registration here.
     counter!(KICKS, "reason" => "replaced").increment(0);
-    for e in [
-        "EMFILE",
-        "ENFILE",
-        "ENOBUFS",
-        "ENOMEM",
-        "ECONNABORTED",
-        "other",
-    ] {
-        counter!(ACCEPT_ERRORS, "errno" => e).increment(0);
-    }
     for kind in ["device", "devices", "topic", "all"] {
         for result in ["ok", "not_found"] {
             counter!(PUSHES, "kind" => kind, "result" => result).increment(0);
@@ -280,14 +251,6 @@ pub fn init_zero(presence: bool, io: &'static str) {
     }
     for f in ["kept_offline", "dropped"] {
         counter!(UNACKED, "fate" => f).increment(0);
-    }
-    for c in [
-        HEARTBEAT_TIMEOUTS,
-        BIND_TIMEOUTS,
-        PUSH_ACKS,
-        OUTBOUND_DROPPED,
-    ] {
-        counter!(c).increment(0);
     }
     if presence {
         for c in [

@@ -37,7 +37,7 @@ use self::pbufs::ProvidedBufs;
 use self::yielder::Yielder;
 use super::link::{DriverStats, Link, Transport};
 use super::wake::{WakeQueue, QUIET};
-use super::{CoreParams, Turn, BUDGET_CONNS, BUDGET_SESSIONS};
+use super::{Alarm, CoreParams, Turn, BUDGET_CONNS, BUDGET_SESSIONS};
 use crate::engine::{ConnKey, Engine, Now, TransportEnd};
 
 /// Tokens at and above this name accept operations, not connections.
@@ -97,8 +97,7 @@ pub struct UringCore {
     accepting: bool,
     accept_paused_until: Option<Instant>,
     accept_backoff: Duration,
-    sleep: Pin<Box<tokio::time::Sleep>>,
-    sleep_at: Option<Instant>,
+    alarm: Alarm,
     yielder: Yielder,
     turn: Turn,
     ready: Vec<u32>,
@@ -132,8 +131,7 @@ impl UringCore {
             accepting: true,
             accept_paused_until: None,
             accept_backoff: Duration::from_millis(5),
-            sleep: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
-            sleep_at: None,
+            alarm: Alarm::default(),
             yielder: Yielder::new()?,
             turn: Turn::default(),
             ready: Vec::new(),
@@ -209,32 +207,15 @@ impl UringCore {
             self.yielder.yield_now(cx);
             return Poll::Pending;
         }
-        self.sleep_until(cx, now);
-        Poll::Pending
-    }
-
-    /// Arms the timer for the next deadline (re-registering it only when the
-    /// deadline moved: resetting a tokio timer is not free).
-    fn sleep_until(&mut self, cx: &mut Context<'_>, now: Now) {
-        let wake_at = [
+        let deadlines = [
             self.engine.next_timeout(),
             self.accept_paused_until,
             self.turn.drain_deadline(),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        if wake_at != self.sleep_at {
-            self.sleep_at = wake_at;
-            let at = wake_at.unwrap_or_else(|| now.mono + Duration::from_secs(3600));
-            self.sleep
-                .as_mut()
-                .reset(tokio::time::Instant::from_std(at));
-        }
-        if self.sleep.as_mut().poll(cx).is_ready() {
-            self.sleep_at = None;
+        ];
+        if self.alarm.set(cx, now, deadlines) {
             self.yielder.yield_now(cx);
         }
+        Poll::Pending
     }
 
     // ----- connections -----------------------------------------------------
