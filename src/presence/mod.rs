@@ -1,9 +1,215 @@
 //! Who is online, shared through Redis: the key schema and the control-plane
-//! worker that writes the node's changes, reconciles after outages, and
-//! cleans up after dead nodes.
-//! docs/PRESENCE.md describes the schema and the guarantees.
+//! worker ([`RedisPresence`]) that writes this node's changes, reconciles
+//! after outages, and cleans up after dead nodes. docs/PRESENCE.md describes
+//! the schema and the guarantees.
+//!
+//! The worker is one value, kept by the control plane with fred; its
+//! concerns live in one file each:
+//!
+//! - this file: the worker's state, its settings, and [`RedisPresence::start`]
+//!   (the fred clients, their reconnect policy, the tasks below);
+//! - `health`: whether Redis answers, and what /healthz says about it;
+//! - `writer`: a writer drains the coalesced `ChangeFeed` in batches; the
+//!   commands of a batch are issued concurrently, which fred pipelines on the
+//!   connection. Failed changes go back to the queue; nothing waits on Redis
+//!   on the I/O cores, and a Redis outage never touches a session;
+//! - `kicks`: "last bind wins": the ONLINE script keeps the entry with the
+//!   later bind time. A node that overwrites another node's entry tells it
+//!   over sharded pub/sub to kick its session; a node whose write loses kicks
+//!   its own;
+//! - `lease`: a lease key, refreshed on a timer, says the node is alive.
+//!   Nodes clean the entries of a node whose lease lapsed (kill -9, power
+//!   loss); a node shutting down withdraws its own;
+//! - `reconcile`: after every (re)connect, and whenever this node's lease
+//!   had lapsed, the node re-asserts every session it holds and removes
+//!   entries in its name that it no longer holds, so Redis and memory
+//!   converge without a restart; the same comparison, read-only, answers
+//!   /v1/consistency;
+//! - `routing`, `offline`: pushes between nodes and messages kept for
+//!   offline devices, over the same connection.
+//!
+//! Presence talks to the gateway through its facade ([`Gateway`]: locate,
+//! kick, push, snapshot) and to Redis, never to sessions directly.
 
+mod health;
 pub mod keys;
-mod redis;
+mod kicks;
+mod lease;
+mod offline;
+mod reconcile;
+mod routing;
+mod writer;
 
-pub use redis::{Consistency, PresenceEntry, RedisPresence, RedisSettings, RoutedPush};
+pub use reconcile::{Consistency, PresenceEntry};
+pub use routing::RoutedPush;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+
+use crate::gateway::{ChangeFeed, Gateway, RateLimitedLog};
+use crate::metrics as m;
+
+/// Changes written per batch, and devices read per round: one pipelined
+/// round of commands.
+const BATCH: usize = 1000;
+
+/// Where Redis is and how long to wait for it (from the command line).
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// redis://host:port or redis-cluster://host:port (any node of the cluster).
+    pub url: String,
+    /// Lease TTL; refreshed every third of it.
+    pub lease_ttl: Duration,
+    /// Timeout of every Redis command.
+    pub command_timeout: Duration,
+}
+
+/// The node's presence worker: one per node, on the control-plane runtime,
+/// shared by its own background tasks and the admin and push APIs. Its state
+/// is flags and counters that those tasks read and set without locks.
+pub struct RedisPresence {
+    client: Client,
+    subscriber: SubscriberClient,
+    gateway: Arc<Gateway>,
+    pending: Arc<ChangeFeed>,
+    incarnation: String,
+    settings: RedisSettings,
+    up: AtomicBool,
+    ever_up: AtomicBool,
+    needs_reconcile: AtomicBool,
+    /// The kick channel is subscribed: until then nothing is written, so no
+    /// other node can address a kick to this one that it would miss.
+    subscribed: AtomicBool,
+    /// The node holds its lease: entries written before it would look like a
+    /// dead node's to the others.
+    leased: AtomicBool,
+    /// A handle to this value for tasks spawned from `&self` methods.
+    self_ref: std::sync::OnceLock<std::sync::Weak<RedisPresence>>,
+    /// Commands failed in a row (timeouts of a hung server, errors). fred
+    /// judges a connection unresponsive by the time since its last write,
+    /// which our own retries keep short, so a hung server is detected here.
+    failures: std::sync::atomic::AtomicU32,
+    /// A second reconciliation after a lapsed lease, once any cleanup that
+    /// other nodes started against this node has finished.
+    reconcile_again_at: std::sync::Mutex<Option<Instant>>,
+    log: std::sync::Mutex<RateLimitedLog>,
+}
+
+/// The result of a Redis command.
+type Fred<T> = Result<T, fred::error::Error>;
+
+impl RedisPresence {
+    /// Starts the client, the subscriber and the background tasks on the
+    /// current (control-plane) runtime. Redis being down is not an error.
+    pub fn start(settings: RedisSettings, gateway: Arc<Gateway>) -> Result<Arc<Self>, String> {
+        let pending = gateway
+            .presence_feed()
+            .cloned()
+            .ok_or("the gateway was started without a presence feed")?;
+        let config = Config::from_url(&settings.url)
+            .map_err(|e| format!("invalid --redis URL {}: {e}", settings.url))?;
+        let mut policy = ReconnectPolicy::new_exponential(0, 100, 5_000, 2);
+        policy.set_jitter(200);
+        let timeout = settings.command_timeout;
+        let mut builder = Builder::from_config(config);
+        builder
+            .with_config(|c| c.fail_fast = false)
+            .with_connection_config(|c| {
+                c.connection_timeout = timeout;
+                c.internal_command_timeout = timeout;
+                c.max_command_attempts = 2;
+                // Bounded: our own queue holds the backlog, not fred's.
+                c.max_command_buffer_len = 50_000;
+                // A hung server (SIGSTOP, stuck) keeps its TCP connection
+                // open: treat a connection as dead when replies stop, so the
+                // client reconnects and the node reconciles afterwards.
+                c.unresponsive.max_timeout = Some(timeout * 2);
+                c.unresponsive.interval = (timeout / 2).max(Duration::from_millis(100));
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = timeout;
+                // Room for a burst of kicks before the subscriber lags.
+                p.broadcast_channel_capacity = 4096;
+            })
+            .set_policy(policy);
+        let client = builder.build().map_err(|e| e.to_string())?;
+        let subscriber = builder
+            .build_subscriber_client()
+            .map_err(|e| e.to_string())?;
+        let this = Arc::new(RedisPresence {
+            client,
+            subscriber,
+            incarnation: gateway.incarnation.clone(),
+            gateway,
+            pending,
+            settings,
+            up: AtomicBool::new(false),
+            ever_up: AtomicBool::new(false),
+            needs_reconcile: AtomicBool::new(true),
+            subscribed: AtomicBool::new(false),
+            leased: AtomicBool::new(false),
+            self_ref: std::sync::OnceLock::new(),
+            failures: std::sync::atomic::AtomicU32::new(0),
+            reconcile_again_at: std::sync::Mutex::new(None),
+            log: std::sync::Mutex::new(RateLimitedLog::new(Duration::from_secs(10))),
+        });
+        let _ = this.self_ref.set(Arc::downgrade(&this));
+        this.client.connect();
+        this.subscriber.connect();
+        // Not fred's manage_subscriptions(): in fred 10.1 its resubscribe_all()
+        // first sends SUBSCRIBE with no channels, which Redis rejects, and
+        // returns before re-subscribing shard channels. We re-subscribe the
+        // kick channel ourselves after every reconnect of the subscriber.
+        {
+            let t = this.clone();
+            drop(this.subscriber.on_reconnect(move |_| {
+                let t = t.clone();
+                async move {
+                    t.subscribed.store(false, Ordering::Relaxed);
+                    tokio::spawn(async move { t.subscribe_kicks().await });
+                    Ok(())
+                }
+            }));
+        }
+        {
+            let t = this.clone();
+            drop(this.client.on_reconnect(move |server| {
+                let t = t.clone();
+                async move {
+                    metrics::counter!(m::REDIS_RECONNECTS).increment(1);
+                    tracing::info!(%server, "connected to Redis; reconciling presence");
+                    t.needs_reconcile.store(true, Ordering::Relaxed);
+                    t.pending.notify.notify_one();
+                    Ok(())
+                }
+            }));
+        }
+        tokio::spawn(this.clone().writer());
+        tokio::spawn(this.clone().lease_loop());
+        tokio::spawn(this.clone().cleanup_loop());
+        tokio::spawn(this.clone().kick_listener());
+        Ok(this)
+    }
+
+    /// This node's id: the `node` field of its entries and the tag of its keys.
+    fn me(&self) -> &str {
+        &self.gateway.node_id
+    }
+
+    /// A local session as its entry names it.
+    fn tag(&self, session_id: u64) -> String {
+        self.gateway.session_tag(session_id)
+    }
+
+    /// Logs a Redis failure, rate-limited: an outage fails every command.
+    fn warn(&self, what: &str, e: &dyn std::fmt::Display) {
+        self.log
+            .lock()
+            .unwrap()
+            .warn(|suppressed| tracing::warn!(error = %e, suppressed, "{what}"));
+    }
+}

@@ -1,0 +1,215 @@
+//! The node's lease and the cleanup after dead nodes. A lease key, refreshed
+//! on a timer, says the node is alive; the entries of a node whose lease
+//! lapsed (kill -9, power loss) are purged by whichever live node claims the
+//! cleanup first. A node that finds its own lease lapsed (a long pause, an
+//! outage) reconciles, since others may have purged its entries. On a
+//! graceful shutdown the node withdraws its entries itself.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fred::prelude::*;
+use fred::types::{Expiration, SetOptions};
+use futures_util::future::join_all;
+
+use super::{keys, Fred, RedisPresence, BATCH};
+use crate::metrics as m;
+
+/// A full reconciliation also runs this often, as a backstop for kicks lost in
+/// a subscriber reconnect (pub/sub is at-most-once).
+const RECONCILE_EVERY: Duration = Duration::from_secs(300);
+
+impl RedisPresence {
+    /// Refreshes the lease every third of its TTL. Kept apart from the cleanup
+    /// below so that a long cleanup never delays the refresh.
+    pub(super) async fn lease_loop(self: Arc<Self>) {
+        let every = self.settings.lease_ttl / 3;
+        loop {
+            let refreshed = if self.client.is_connected() {
+                match self.refresh_lease().await {
+                    Ok(()) => {
+                        self.succeeded();
+                        true
+                    }
+                    Err(e) => {
+                        self.failed();
+                        self.warn("cannot refresh the node lease", &e);
+                        false
+                    }
+                }
+            } else {
+                false
+            };
+            // Until it succeeds (start-up, outages), retry soon: a node without
+            // a lease looks dead to the others.
+            tokio::time::sleep(if refreshed {
+                every
+            } else {
+                Duration::from_millis(100)
+            })
+            .await;
+        }
+    }
+
+    pub(super) async fn cleanup_loop(self: Arc<Self>) {
+        let every = self.settings.lease_ttl / 2;
+        let mut last_reconcile = Instant::now();
+        loop {
+            tokio::time::sleep(every).await;
+            let again = {
+                let mut at = self.reconcile_again_at.lock().unwrap();
+                match *at {
+                    Some(t) if Instant::now() >= t => {
+                        *at = None;
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if again || last_reconcile.elapsed() >= RECONCILE_EVERY {
+                last_reconcile = Instant::now();
+                self.needs_reconcile.store(true, Ordering::Relaxed);
+                self.pending.notify.notify_one();
+            }
+            if self.client.is_connected() {
+                if let Err(e) = self.clean_dead_nodes().await {
+                    self.warn("cannot clean up after dead nodes", &e);
+                }
+            }
+        }
+    }
+
+    async fn refresh_lease(&self) -> Fred<()> {
+        let ttl = self.settings.lease_ttl.as_millis() as i64;
+        let previous: Option<String> = self
+            .client
+            .set(
+                keys::lease(self.me()),
+                self.incarnation.as_str(),
+                Some(Expiration::PX(ttl)),
+                None,
+                true,
+            )
+            .await?;
+        if previous.as_deref() != Some(self.incarnation.as_str()) {
+            // First lease of this process, or it lapsed (a long pause, an
+            // outage): other nodes may have purged our entries.
+            if previous.is_some() || self.ever_up.load(Ordering::Relaxed) {
+                tracing::info!(
+                    "node lease was missing or another incarnation's; reconciling presence"
+                );
+            }
+            self.needs_reconcile.store(true, Ordering::Relaxed);
+            self.pending.notify.notify_one();
+            if self.ever_up.load(Ordering::Relaxed) {
+                // Another node may be purging our entries right now; check
+                // again once any such cleanup is over.
+                *self.reconcile_again_at.lock().unwrap() =
+                    Some(Instant::now() + self.settings.lease_ttl * 2);
+            }
+        }
+        let _: i64 = self.client.sadd(keys::NODES, self.me()).await?;
+        if !self.leased.swap(true, Ordering::Relaxed) {
+            self.pending.notify.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn clean_dead_nodes(&self) -> Fred<()> {
+        let nodes: Vec<String> = self.client.smembers(keys::NODES).await?;
+        for node in nodes.into_iter().filter(|n| n != self.me()) {
+            let alive: i64 = self.client.exists(keys::lease(&node)).await?;
+            if alive > 0 {
+                continue;
+            }
+            let claim_ttl = (self.settings.lease_ttl * 2).as_millis() as i64;
+            let claimed: Option<String> = self
+                .client
+                .set(
+                    keys::cleanup_claim(&node),
+                    self.me(),
+                    Some(Expiration::PX(claim_ttl)),
+                    Some(SetOptions::NX),
+                    false,
+                )
+                .await?;
+            if claimed.is_none() {
+                continue; // another node is cleaning it
+            }
+            let devices: Vec<String> = self.client.smembers(keys::node_devices(&node)).await?;
+            let mut purged = 0u64;
+            for chunk in devices.chunks(BATCH) {
+                // Stop as soon as the node is back: its reconciliation owns
+                // its entries again.
+                let back: i64 = self.client.exists(keys::lease(&node)).await?;
+                if back > 0 {
+                    break;
+                }
+                let results = join_all(chunk.iter().map(|d| {
+                    self.client.eval::<i64, _, _, _>(
+                        keys::PURGE,
+                        keys::device(d),
+                        vec![node.clone()],
+                    )
+                }))
+                .await;
+                for r in results {
+                    purged += r? as u64;
+                }
+            }
+            // It may have come back meanwhile (a long pause): then its own
+            // reconciliation restores what was purged; keep its set.
+            let back: i64 = self.client.exists(keys::lease(&node)).await?;
+            if back > 0 {
+                tracing::info!(node = %node, purged, "node came back during cleanup; leaving it");
+                continue;
+            }
+            let _: i64 = self.client.del(keys::node_devices(&node)).await?;
+            let _: i64 = self.client.srem(keys::NODES, node.as_str()).await?;
+            metrics::counter!(m::NODE_CLEANUPS).increment(1);
+            metrics::counter!(m::CLEANED_ENTRIES).increment(purged);
+            tracing::info!(dead_node = %node, purged, "removed the presence of a node whose lease lapsed");
+        }
+        Ok(())
+    }
+
+    /// On graceful shutdown, after the drain: writes the last changes, then
+    /// removes whatever is left in this node's name and its lease, so other
+    /// nodes need not wait for the lease to lapse. Bounded by `limit`.
+    pub async fn withdraw(&self, limit: Duration) {
+        let work = async {
+            while !self.pending.is_empty() {
+                self.pending.notify.notify_one();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let me = self.me().to_owned();
+            let devices: Vec<String> = self.client.smembers(keys::node_devices(&me)).await?;
+            for chunk in devices.chunks(BATCH) {
+                for r in join_all(chunk.iter().map(|d| {
+                    self.client
+                        .eval::<i64, _, _, _>(keys::PURGE, keys::device(d), vec![me.clone()])
+                }))
+                .await
+                {
+                    r?;
+                }
+            }
+            let _: i64 = self
+                .client
+                .del(vec![keys::node_devices(&me), keys::lease(&me)])
+                .await?;
+            let _: i64 = self.client.srem(keys::NODES, me.as_str()).await?;
+            Ok::<usize, fred::error::Error>(devices.len())
+        };
+        match tokio::time::timeout(limit, work).await {
+            Ok(Ok(left)) => tracing::info!(purged = left, "presence withdrawn from Redis"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not withdraw presence; other nodes will clean it after the lease")
+            }
+            Err(_) => tracing::warn!(
+                "presence withdrawal timed out; other nodes will clean it after the lease"
+            ),
+        }
+    }
+}
