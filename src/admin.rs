@@ -163,7 +163,7 @@ async fn push(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    crate::push_api::handle(
+    crate::push::api::handle(
         &s.gateway,
         s.presence.as_deref(),
         s.push_token.as_deref(),

@@ -4,6 +4,8 @@
 //! - [`session`]: the per-connection state machine (sans-io).
 //! - [`auth`]: app keys and HMAC device tokens.
 //! - [`gateway`]: the per-core io_uring data plane of miopd.
+//! - [`presence`]: who is online, shared through Redis.
+//! - [`push`]: the push API, routing between nodes, offline messages.
 //! - [`admin`]: the control plane's HTTP API.
 //! - [`client`]: a tokio client for devices, tests and the load generator.
 pub mod admin;
@@ -17,5 +19,5 @@ pub mod gateway;
 pub mod metrics;
 pub mod presence;
 pub mod protocol;
-pub mod push_api;
+pub mod push;
 pub mod session;

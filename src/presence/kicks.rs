@@ -3,7 +3,8 @@
 //! sharded channel; this file holds the receiving side. The same
 //! subscription carries pushes routed to this node (its push channel shares
 //! the kick channel's hash tag, so one slot, one subscription) and the
-//! fan-out channel: those messages go on to `routing`.
+//! fan-out channel: those messages go up to the push layer through
+//! [`super::PushEvents`].
 //!
 //! Pub/sub is at-most-once: a kick lost in a reconnect or a lagging buffer
 //! is repaired by the reconciliation that follows.
@@ -68,7 +69,7 @@ impl RedisPresence {
                 continue;
             };
             if &*msg.channel != keys::kick_channel(self.me()).as_str() {
-                self.deliver_routed(&text);
+                self.events.routed(&self, &text);
                 continue;
             }
             let Some((device, sid)) = text.split_once('\n') else {

@@ -25,23 +25,25 @@
 //!   entries in its name that it no longer holds, so Redis and memory
 //!   converge without a restart; the same comparison, read-only, answers
 //!   /v1/consistency;
-//! - `routing`, `offline`: pushes between nodes and messages kept for
-//!   offline devices, over the same connection.
+//! - `keys`: the key schema and the Lua scripts.
 //!
-//! Presence talks to the gateway through its facade ([`Gateway`]: locate,
-//! kick, push, snapshot) and to Redis, never to sessions directly.
+//! Dependencies point one way: `crate::push` (the push API, routing between
+//! nodes, offline messages) uses this worker's Redis connection and key
+//! schema, so push depends on presence and presence never names push. What
+//! presence hears that concerns pushes (messages routed to this node arrive
+//! on its subscription; the writer sees devices come online) it hands up
+//! through the [`PushEvents`] it was started with. Presence talks to the
+//! gateway through its facade ([`Gateway`]: locate, kick, push, snapshot) and
+//! to Redis, never to sessions directly.
 
 mod health;
 pub mod keys;
 mod kicks;
 mod lease;
-mod offline;
 mod reconcile;
-mod routing;
 mod writer;
 
 pub use reconcile::{Consistency, PresenceEntry};
-pub use routing::RoutedPush;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -55,7 +57,7 @@ use crate::metrics as m;
 
 /// Changes written per batch, and devices read per round: one pipelined
 /// round of commands.
-const BATCH: usize = 1000;
+pub(crate) const BATCH: usize = 1000;
 
 /// Where Redis is and how long to wait for it (from the command line).
 #[derive(Debug, Clone)]
@@ -97,15 +99,23 @@ pub struct RedisPresence {
     /// other nodes started against this node has finished.
     reconcile_again_at: std::sync::Mutex<Option<Instant>>,
     log: std::sync::Mutex<RateLimitedLog>,
+    /// Where routed pushes and devices coming online go (the push layer).
+    events: Box<dyn PushEvents>,
 }
 
 /// The result of a Redis command.
-type Fred<T> = Result<T, fred::error::Error>;
+pub(crate) type Fred<T> = Result<T, fred::error::Error>;
 
 impl RedisPresence {
     /// Starts the client, the subscriber and the background tasks on the
     /// current (control-plane) runtime. Redis being down is not an error.
-    pub fn start(settings: RedisSettings, gateway: Arc<Gateway>) -> Result<Arc<Self>, String> {
+    /// `events` receives what presence hears for the push layer (miopd
+    /// passes `crate::push::Delivery`).
+    pub fn start(
+        settings: RedisSettings,
+        gateway: Arc<Gateway>,
+        events: impl PushEvents + 'static,
+    ) -> Result<Arc<Self>, String> {
         let pending = gateway
             .presence_feed()
             .cloned()
@@ -156,6 +166,7 @@ impl RedisPresence {
             failures: std::sync::atomic::AtomicU32::new(0),
             reconcile_again_at: std::sync::Mutex::new(None),
             log: std::sync::Mutex::new(RateLimitedLog::new(Duration::from_secs(10))),
+            events: Box::new(events),
         });
         let _ = this.self_ref.set(Arc::downgrade(&this));
         this.client.connect();
@@ -196,7 +207,7 @@ impl RedisPresence {
     }
 
     /// This node's id: the `node` field of its entries and the tag of its keys.
-    fn me(&self) -> &str {
+    pub(crate) fn me(&self) -> &str {
         &self.gateway.node_id
     }
 
@@ -206,10 +217,41 @@ impl RedisPresence {
     }
 
     /// Logs a Redis failure, rate-limited: an outage fails every command.
-    fn warn(&self, what: &str, e: &dyn std::fmt::Display) {
+    pub(crate) fn warn(&self, what: &str, e: &dyn std::fmt::Display) {
         self.log
             .lock()
             .unwrap()
             .warn(|suppressed| tracing::warn!(error = %e, suppressed, "{what}"));
     }
+}
+
+/// The Redis connection and the gateway, for the push layer, which routes
+/// pushes and keeps offline messages through this worker rather than a
+/// connection of its own.
+impl RedisPresence {
+    /// The fred client (commands; the subscriber stays private).
+    pub(crate) fn redis(&self) -> &Client {
+        &self.client
+    }
+
+    /// The gateway's facade.
+    pub(crate) fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+}
+
+/// What presence hears that is the push layer's business, handed up to it.
+///
+/// Messages routed to this node arrive on the presence subscription (the
+/// node's push channel shares a slot with its kick channel), and the writer
+/// is the first to know a device came online here (it may have offline
+/// messages). Presence hands both to this trait instead of calling
+/// `crate::push`, which depends on presence: so the modules form no cycle.
+/// Both methods run on the control-plane runtime and must not wait: they
+/// spawn what takes time.
+pub trait PushEvents: Send + Sync {
+    /// A message on this node's push channel or on the fan-out channel.
+    fn routed(&self, presence: &RedisPresence, message: &str);
+    /// Devices this node just wrote as online with a session here.
+    fn came_online(&self, presence: Arc<RedisPresence>, devices: Vec<String>);
 }

@@ -177,7 +177,7 @@ impl RedisPresence {
         m::control::presence_batch(batch_size, started.elapsed().as_secs_f64());
         if !came_online.is_empty() {
             if let Some(me) = self.self_ref.get().and_then(|w| w.upgrade()) {
-                tokio::spawn(me.deliver_offline(came_online));
+                self.events.came_online(me, came_online);
             }
         }
         if let Some(e) = first_err {

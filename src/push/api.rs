@@ -21,9 +21,10 @@ use axum::Json;
 use base64::Engine;
 use serde_json::{json, Value};
 
+use super::RoutedPush;
 use crate::gateway::{Gateway, PushTo};
 use crate::metrics as m;
-use crate::presence::{RedisPresence, RoutedPush};
+use crate::presence::RedisPresence;
 use crate::protocol::{HEADER_LEN, MAX_DEVICE_ID_LEN, MAX_FRAME_LEN, MAX_TOPIC_LEN};
 
 /// Largest payload a Push frame can carry (frame limit less header and id).

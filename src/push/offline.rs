@@ -1,8 +1,9 @@
 //! Messages kept for offline devices. A push with a TTL for a device that is
 //! online nowhere is kept in a bounded Redis list until the TTL passes; so
 //! are the unacknowledged pushes of sessions that ended. When the device
-//! binds here, the writer hands it to `deliver_offline`,
-//! which delivers the list in order (at-least-once delivery).
+//! binds here, the presence writer hands it back here (through
+//! [`crate::presence::PushEvents`]) and `deliver_offline` delivers the list
+//! in order (at-least-once delivery).
 
 use std::sync::Arc;
 
@@ -10,8 +11,9 @@ use fred::prelude::*;
 use futures_util::future::join_all;
 use serde::Serialize;
 
-use super::{keys, Fred, RedisPresence, RoutedPush};
+use super::RoutedPush;
 use crate::metrics as m;
+use crate::presence::{keys, Fred, RedisPresence};
 
 impl RedisPresence {
     /// Stores the unacked pushes of ended sessions as offline messages, so
@@ -85,7 +87,7 @@ impl RedisPresence {
         })
         .expect("offline entry serializes");
         let results = join_all(devices.iter().map(|d| {
-            self.client.eval::<i64, _, _, _>(
+            self.redis().eval::<i64, _, _, _>(
                 keys::STORE_OFFLINE,
                 keys::offline(d),
                 vec![
@@ -111,7 +113,7 @@ impl RedisPresence {
     pub(super) async fn deliver_offline(self: Arc<Self>, devices: Vec<String>) {
         for device in devices {
             let taken: Fred<Vec<String>> = self
-                .client
+                .redis()
                 .eval(
                     keys::TAKE_OFFLINE,
                     keys::offline(&device),
@@ -143,7 +145,7 @@ impl RedisPresence {
                 };
                 let to = crate::gateway::PushTo::Devices(vec![device.clone()]);
                 match self
-                    .gateway
+                    .gateway()
                     .push_local(entry.id, &to, payload.into(), entry.ack, Some(entry.exp_ms))
                     .await
                 {
@@ -154,7 +156,7 @@ impl RedisPresence {
                         // Gone again: keep this one and the rest, in order.
                         let back: Vec<String> = std::iter::once(raw).chain(rest).cloned().collect();
                         let _: Fred<i64> = self
-                            .client
+                            .redis()
                             .lpush(
                                 keys::offline(&device),
                                 back.into_iter().rev().collect::<Vec<_>>(),

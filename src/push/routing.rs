@@ -1,14 +1,17 @@
 //! Pushes between nodes. A push for a device held by another node goes to
 //! that node's sharded push channel (Redis says which node holds it); a
 //! topic push or a broadcast goes to the fan-out channel that every node
-//! hears. The receiving side is the kick listener's subscription.
+//! hears. Both travel as a [`RoutedPush`] over the presence worker's Redis
+//! connection. The receiving side is the presence subscription (it shares a
+//! slot with the node's kick channel), which hands each message back here
+//! through [`crate::presence::PushEvents`].
 
 use fred::prelude::*;
 use futures_util::future::join_all;
 use serde::Serialize;
 
-use super::{keys, Fred, RedisPresence, BATCH};
 use crate::metrics as m;
+use crate::presence::{keys, Fred, RedisPresence, BATCH};
 
 impl RedisPresence {
     /// Routes a push for devices not held here to the nodes Redis says hold
@@ -23,7 +26,7 @@ impl RedisPresence {
             std::collections::HashMap::new();
         for chunk in devices.chunks(BATCH) {
             let holders = join_all(chunk.iter().map(|d| {
-                self.client
+                self.redis()
                     .hget::<Option<String>, _, _>(keys::device(d), "node")
             }))
             .await;
@@ -44,7 +47,7 @@ impl RedisPresence {
                 ..message.clone()
             };
             let _: i64 = self
-                .client
+                .redis()
                 .spublish(keys::push_channel(&node), msg.to_json())
                 .await?;
             routed += n;
@@ -56,7 +59,10 @@ impl RedisPresence {
     /// Sends a topic push or a broadcast to every other node. Returns how many
     /// other nodes were listening.
     pub async fn fan_out(&self, message: &RoutedPush) -> Fred<u64> {
-        let receivers: i64 = self.client.publish(keys::FANOUT, message.to_json()).await?;
+        let receivers: i64 = self
+            .redis()
+            .publish(keys::FANOUT, message.to_json())
+            .await?;
         let others = (receivers.max(1) - 1) as u64; // this node hears it too
         metrics::counter!(m::PUSHES_ROUTED, "kind" => "fanout").increment(1);
         Ok(others)
@@ -79,7 +85,7 @@ impl RedisPresence {
             Ok(p) => bytes::Bytes::from(p),
             Err(e) => return self.warn("ignoring a routed push with a bad payload", &e),
         };
-        let gateway = self.gateway.clone();
+        let gateway = self.gateway().clone();
         tokio::spawn(async move {
             match gateway
                 .push_local(msg.id, &to, payload, msg.ack, msg.keep_until_ms)
