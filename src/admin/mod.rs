@@ -1,13 +1,16 @@
 //! The admin HTTP API, served on the control-plane thread (plain tokio).
 //!
-//! `GET /healthz`, `GET /metrics` (Prometheus text) and
-//! `GET /v1/sessions/{device_id}` (a session's in-memory state). It listens on
-//! loopback by default; nothing here walks sessions itself: lookups go through
-//! the device index to the owning core.
+//! This file: the router, `GET /healthz`, `GET /metrics` (Prometheus text)
+//! and `GET /v1/sessions/{device_id}` (a session's in-memory state), which
+//! answer from this node alone. `presence` serves the views of shared
+//! presence (`/v1/presence/{device_id}`, `/v1/consistency`), which ask Redis;
+//! `POST /v1/push` is `crate::push::api`. It listens on loopback by default;
+//! nothing here walks sessions itself: lookups go through the gateway's
+//! facade (the device index and the owning core).
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -17,6 +20,8 @@ use serde_json::json;
 
 use crate::gateway::Gateway;
 use crate::presence::RedisPresence;
+
+mod presence;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -33,8 +38,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/sessions/{device_id}", get(session))
-        .route("/v1/presence/{device_id}", get(presence))
-        .route("/v1/consistency", get(consistency))
+        .route("/v1/presence/{device_id}", get(presence::device))
+        .route("/v1/consistency", get(presence::consistency))
         .route("/v1/push", axum::routing::post(push))
         .with_state(state)
 }
@@ -91,70 +96,6 @@ async fn session(State(s): State<AdminState>, Path(device_id): Path<String>) -> 
             Json(json!({"error": "not bound on this node", "device_id": device_id})),
         )
             .into_response(),
-    }
-}
-
-fn redis_unavailable(e: impl std::fmt::Display) -> Response {
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        Json(json!({"error": format!("Redis unavailable: {e}"), "redis": "down"})),
-    )
-        .into_response()
-}
-
-/// What the shared presence store says about a device: 200 with the holding
-/// node when it is online, 404 when not. In standalone mode the store is this
-/// node's memory.
-async fn presence(State(s): State<AdminState>, Path(device_id): Path<String>) -> Response {
-    let not_found = || {
-        (
-            StatusCode::NOT_FOUND,
-            Json(json!({"error": "not online", "device_id": device_id})),
-        )
-            .into_response()
-    };
-    match &s.presence {
-        Some(p) => match p.lookup(&device_id).await {
-            Ok(Some(entry)) => Json(entry).into_response(),
-            Ok(None) => not_found(),
-            Err(e) => redis_unavailable(e),
-        },
-        None => match s.gateway.locate(&device_id) {
-            Some(loc) => Json(json!({
-                "device_id": device_id,
-                "node": s.gateway.node_id,
-                "session": s.gateway.session_tag(loc.session_id),
-                "since_ms": loc.since_ms,
-                "node_alive": true,
-                "local": true,
-                "source": "memory",
-            }))
-            .into_response(),
-            None => not_found(),
-        },
-    }
-}
-
-#[derive(serde::Deserialize)]
-struct ConsistencyQuery {
-    /// Compare only this many random sessions (and set members) instead of all.
-    sample: Option<usize>,
-}
-
-/// Compares this node's memory with Redis: counts of missing, stale and
-/// mismatched entries (docs/PRESENCE.md gives the cost of a full check).
-async fn consistency(State(s): State<AdminState>, Query(q): Query<ConsistencyQuery>) -> Response {
-    match &s.presence {
-        Some(p) => match p.consistency(q.sample).await {
-            Ok(c) => Json(c).into_response(),
-            Err(e) => redis_unavailable(e),
-        },
-        None => Json(json!({
-            "missing": 0, "stale": 0, "mismatched": 0,
-            "local_sessions": s.gateway.sessions(),
-            "mode": "standalone",
-        }))
-        .into_response(),
     }
 }
 
