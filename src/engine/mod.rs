@@ -30,6 +30,8 @@ mod timers;
 mod topics;
 
 #[cfg(test)]
+pub mod testing;
+#[cfg(test)]
 mod tests;
 
 use std::collections::VecDeque;

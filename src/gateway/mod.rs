@@ -20,6 +20,9 @@ mod push;
 pub mod stats;
 pub mod threads;
 
+#[cfg(test)]
+mod tests;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

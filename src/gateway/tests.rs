@@ -1,8 +1,10 @@
-//! Two engines and the node's device index in one test: duplicate binds
-//! across cores, and the drain.
+//! Two engines and the node's device index in one test, on a virtual clock:
+//! duplicate binds across cores, and the drain.
 
-use super::*;
-use crate::gateway::index::{DeviceIndex, Kick};
+use super::index::{DeviceIndex, Kick};
+use crate::engine::testing::Rig;
+use crate::engine::{Intent, PresenceEvent, SessionRef};
+use crate::protocol::CloseReason;
 
 /// Feeds a rig's presence intents to the index; returns the kicks.
 fn sync(index: &mut DeviceIndex, r: &mut Rig, core: u16) -> Vec<Kick> {
