@@ -19,6 +19,11 @@
 # build, for before/after figures); CORES (default 2) is --cores per gateway;
 # MIOP_IO (uring, epoll) is passed to the gateways through the environment.
 #
+# PROBE=N (seconds): once every session is bound, measure the gateways for N
+# seconds of the hold: reads handled (heartbeats), their CPU time (utime +
+# stime of every gateway process) and their system calls (perf stat on the
+# raw_syscalls:sys_enter tracepoint), printed per read to target/fleet/probe.txt.
+#
 # Writes target/fleet/{summary.txt,run.json,run.html,gateways.txt}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +47,7 @@ trap cleanup EXIT
 echo "fleet: $conns sessions, $gateways gateways x $cores cores ($miopd, MIOP_IO=${MIOP_IO:-auto}), $sources source addresses, $duration"
 gw_args=()
 bench_args=()
+gw_pids=()
 if [ -n "$push_rate" ]; then
   gw_args+=(--push-token bench-token)
   bench_args+=(--push-rate "$push_rate" --push-api http://127.0.0.1:7810 --push-token bench-token --push-to "${PUSH_TO:-all}")
@@ -58,6 +64,7 @@ for i in $(seq 0 $((gateways - 1))); do
     --app-key pk --cores "$cores" --heartbeat 30s --node-id "gw$i" "${gw_args[@]}" \
     >"$out/miopd-$i.out" 2>"$out/miopd-$i.log" &
   pids+=($!)
+  gw_pids+=($!)
 done
 for i in $(seq 0 $((gateways - 1))); do
   until grep -q "miopd ready" "$out/miopd-$i.out" 2>/dev/null; do sleep 0.1; done
@@ -78,6 +85,44 @@ done
 ) >"$out/gateways.txt" &
 pids+=($!)
 
+if [ -n "${PROBE:-}" ]; then
+  (
+    sum_metric() {
+      local total=0 n
+      for i in $(seq 0 $((gateways - 1))); do
+        n=$(curl -s 127.0.0.1:$((7810 + i))/metrics | awk -v m="$1" '$1 == m {print $2}')
+        total=$(python3 -c "print(int($total + float('${n:-0}')))")
+      done
+      echo "$total"
+    }
+    cpu_ticks() {
+      local t=0
+      for p in "${gw_pids[@]}"; do
+        t=$((t + $(awk '{print $14 + $15}' /proc/"$p"/stat)))
+      done
+      echo "$t"
+    }
+    until [ "$(sum_metric miop_sessions)" -ge "$conns" ]; do sleep 1; done
+    sleep 5
+    r0=$(sum_metric miop_read_handling_seconds_count); c0=$(cpu_ticks)
+    pidlist=$(IFS=,; echo "${gw_pids[*]}")
+    perf stat -x, -e raw_syscalls:sys_enter -p "$pidlist" -- sleep "$PROBE" 2>"$out/perf.txt" >/dev/null
+    r1=$(sum_metric miop_read_handling_seconds_count); c1=$(cpu_ticks)
+    sys=$(awk -F, '/raw_syscalls/ {print $1}' "$out/perf.txt")
+    hz=$(getconf CLK_TCK)
+    python3 - "$r0" "$r1" "$c0" "$c1" "$sys" "$hz" "$PROBE" <<'PY' | tee "$out/probe.txt"
+import sys
+r0, r1, c0, c1, sc, hz, secs = (float(x) for x in sys.argv[1:])
+reads = r1 - r0
+print("probe over %.0fs of the hold: reads handled %d (%.0f/s), gateway CPU %.2fs (%.1f%% of one core), "
+      "CPU per read %.1f us, syscalls %d (%.2f per read)"
+      % (secs, reads, reads / secs, (c1 - c0) / hz, 100 * (c1 - c0) / hz / secs,
+         1e6 * (c1 - c0) / hz / max(reads, 1), sc, sc / max(reads, 1)))
+PY
+  ) &
+  pids+=($!)
+fi
+
 last=$((7710 + gateways - 1))
 extra=()
 [ "$gateways" -gt 1 ] && extra=(--target "127.0.0.1:7711-$last")
@@ -85,6 +130,10 @@ extra=()
   --latency --bind "127.0.0.2-127.0.0.$((1 + sources))" "${extra[@]}" "${bench_args[@]}" \
   --json "$out/run.json" --report "$out/run.html" | tee "$out/summary.txt"
 echo "gateway samples:"; tail -n 3 "$out/gateways.txt"
+if [ -n "${PROBE:-}" ]; then
+  for _ in $(seq 1 100); do [ -s "$out/probe.txt" ] && break; sleep 0.2; done
+  cat "$out/probe.txt" 2>/dev/null || echo "probe: no result (the run ended before every session was bound + 5 s + PROBE)"
+fi
 
 if [ -n "$push_rate" ]; then
   for i in $(seq 0 $((gateways - 1))); do curl -s 127.0.0.1:$((7810 + i))/metrics; done >"$out/metrics.txt"
