@@ -93,8 +93,13 @@ fn body() -> impl Strategy<Value = Body> {
             payload
         })),
         any::<u64>().prop_map(|message_id| Body::PushAck { message_id }),
-        (any::<u16>(), text(0, MAX_MESSAGE_LEN))
-            .prop_map(|(reason, message)| Body::Close(Close { reason, message })),
+        (any::<u16>(), text(0, MAX_MESSAGE_LEN), any::<Option<u32>>()).prop_map(
+            |(reason, message, retry_after_ms)| Body::Close(Close {
+                reason,
+                message,
+                retry_after_ms
+            })
+        ),
         (any::<u16>(), text(0, MAX_MESSAGE_LEN))
             .prop_map(|(code, message)| Body::Error(ErrorFrame { code, message })),
         topics(1).prop_map(|topics| Body::Subscribe { topics }),
@@ -251,7 +256,12 @@ proptest! {
 
         let head = Header::read(bytes.first_chunk().unwrap());
         prop_assert_eq!(head.frame_len as usize, bytes.len());
-        prop_assert_eq!(head.header_len as usize, HEADER_LEN);
+        // Only a Close with a retry-after hint has a header extension (6 bytes).
+        let ext = match &f.body {
+            Body::Close(c) if c.retry_after_ms.is_some() => 6,
+            _ => 0,
+        };
+        prop_assert_eq!(head.header_len as usize, HEADER_LEN + ext);
         prop_assert_eq!(head.version, VERSION);
         prop_assert_eq!(head.opcode, f.body.opcode() as u8);
         prop_assert_eq!(head.flags, f.flags);
@@ -429,6 +439,7 @@ fn encoder_enforces_limits() {
             Body::Close(Close {
                 reason: 0,
                 message: a(MAX_MESSAGE_LEN),
+                retry_after_ms: Some(u32::MAX),
             }),
         ),
         Frame::new(
@@ -509,7 +520,8 @@ fn encoder_enforces_limits() {
         0,
         Body::Close(Close {
             reason: 0,
-            message: a(MAX_MESSAGE_LEN + 1)
+            message: a(MAX_MESSAGE_LEN + 1),
+            retry_after_ms: None,
         })
     )));
     assert!(too_long(Frame::new(

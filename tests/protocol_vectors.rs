@@ -191,6 +191,10 @@ fn frame_from_json(v: &Value) -> R<Frame> {
             Body::Close(Close {
                 reason,
                 message: b.str("message")?.to_owned(),
+                retry_after_ms: match b.opt("retry_after_ms") {
+                    None => None,
+                    Some(_) => Some(b.uint("retry_after_ms", u32::MAX.into())? as u32),
+                },
             })
         }
         "error" => {
@@ -620,14 +624,14 @@ fn spec_tables_match_the_codec() {
         );
     }
     assert!(ErrorCode::from_u16(11).is_none() && ErrorCode::from_u16(0).is_none());
-    for reason in 0..=8u16 {
+    for reason in 0..=10u16 {
         let name = CloseReason::from_u16(reason).unwrap().name().to_uppercase();
         assert!(
             SPEC.contains(&format!("| {reason} | `{name}` |")),
             "close reason {reason} {name} missing from the spec's table"
         );
     }
-    assert!(CloseReason::from_u16(9).is_none());
+    assert!(CloseReason::from_u16(11).is_none());
 
     // The limits table quotes the codec's constants.
     use miop::protocol::*;

@@ -4,10 +4,11 @@
 use crate::metrics::histogram::{Histogram, BIND_DURATION_BUCKETS, PUSH_ACK_BUCKETS};
 use crate::protocol::{CloseReason, ErrorCode};
 
-/// Close kinds: the nine close reasons (by wire value), then the transport's.
-pub const CLOSE_KINDS: usize = 11;
-pub const CLOSE_PEER: usize = 9;
-pub const CLOSE_IO_ERROR: usize = 10;
+/// Close kinds: the eleven close reasons (by wire value), then the
+/// transport's.
+pub const CLOSE_KINDS: usize = 13;
+pub const CLOSE_PEER: usize = 11;
+pub const CLOSE_IO_ERROR: usize = 12;
 /// Bind results: 0 is "ok", then each error code by wire value (1..=10).
 pub const BIND_RESULTS: usize = 11;
 

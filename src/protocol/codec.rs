@@ -65,7 +65,32 @@ struct Located {
     header: Header,
     opcode: Opcode,
     frame_len: usize,
+    /// Header extension bytes (16..header_len).
+    ext: Range<usize>,
     body: Range<usize>,
+}
+
+/// Header extension entry type: a server's retry-after hint on a Close
+/// (revision 3; value: u32 milliseconds).
+pub const EXT_RETRY_AFTER: u8 = 1;
+/// Encoded size of the retry-after entry: type, length, u32.
+const EXT_RETRY_AFTER_LEN: usize = 2 + 4;
+
+/// Finds entry `kind` with a 4-byte value in header extension bytes: a
+/// sequence of `type u8, length u8, value`. Unknown types are skipped; an
+/// entry running past the extension ends the search (a revision-1 or -2
+/// sender may put anything there, and it must not make a frame invalid).
+fn ext_u32(ext: &[u8], kind: u8) -> Option<u32> {
+    let mut rest = ext;
+    while let [t, len, tail @ ..] = rest {
+        let len = *len as usize;
+        let value = tail.get(..len)?;
+        if *t == kind && len == 4 {
+            return Some(u32::from_be_bytes(value.try_into().ok()?));
+        }
+        rest = &tail[len..];
+    }
+    None
 }
 
 /// Validates the header at the start of `src` and checks the whole frame is there.
@@ -109,6 +134,7 @@ fn locate(src: &[u8], max_frame_len: usize) -> Result<Option<Located>, DecodeErr
         header,
         opcode,
         frame_len,
+        ext: HEADER_LEN..header_len,
         body: header_len..frame_len,
     }))
 }
@@ -122,7 +148,7 @@ pub fn decode(src: &[u8], max_frame_len: usize) -> Result<Option<(Frame, usize)>
     let Some(at) = locate(src, max_frame_len)? else {
         return Ok(None);
     };
-    let frame = parse_body(&at, &src[at.body.clone()], |r| {
+    let frame = parse_body(&at, &src[at.ext.clone()], &src[at.body.clone()], |r| {
         Bytes::copy_from_slice(&src[at.body.start + r.start..at.body.start + r.end])
     })?;
     Ok(Some((frame, at.frame_len)))
@@ -137,12 +163,13 @@ pub fn decode_buf(buf: &mut BytesMut, max_frame_len: usize) -> Result<Option<Fra
     };
     let whole = buf.split_to(at.frame_len).freeze();
     let body = whole.slice(at.body.clone());
-    let frame = parse_body(&at, &body, |r| body.slice(r))?;
+    let frame = parse_body(&at, &whole[at.ext.clone()], &body, |r| body.slice(r))?;
     Ok(Some(frame))
 }
 
 fn parse_body(
     at: &Located,
+    ext: &[u8],
     body: &[u8],
     payload: impl FnOnce(Range<usize>) -> Bytes,
 ) -> Result<Frame, DecodeError> {
@@ -175,6 +202,7 @@ fn parse_body(
             Opcode::Close => Body::Close(Close {
                 reason: r.u16("close.reason")?,
                 message: r.str8("close.message")?.to_owned(),
+                retry_after_ms: ext_u32(ext, EXT_RETRY_AFTER),
             }),
             Opcode::Error => Body::Error(ErrorFrame {
                 code: r.u16("error.code")?,
@@ -282,9 +310,22 @@ fn parse_bind(r: &mut Reader<'_>) -> Result<Bind, &'static str> {
 }
 
 impl Frame {
+    /// Header extension bytes [`Frame::encode`] writes (only a Close with a
+    /// retry-after hint has any).
+    fn ext_len(&self) -> usize {
+        match &self.body {
+            Body::Close(Close {
+                retry_after_ms: Some(_),
+                ..
+            }) => EXT_RETRY_AFTER_LEN,
+            _ => 0,
+        }
+    }
+
     /// Number of bytes [`Frame::encode`] writes.
     pub fn encoded_len(&self) -> usize {
         HEADER_LEN
+            + self.ext_len()
             + match &self.body {
                 Body::Bind(b) => {
                     let secret = match &b.credential {
@@ -314,14 +355,24 @@ impl Frame {
         }
         out.reserve(len);
         let mut head = [0u8; HEADER_LEN];
-        Header::write(
+        Header::write_ext(
             &mut head,
             len as u32,
+            self.ext_len(),
             self.body.opcode(),
             self.flags,
             self.seq,
         );
         out.put_slice(&head);
+        if let Body::Close(Close {
+            retry_after_ms: Some(ms),
+            ..
+        }) = &self.body
+        {
+            out.put_u8(EXT_RETRY_AFTER);
+            out.put_u8(4);
+            out.put_u32(*ms);
+        }
         match &self.body {
             Body::Bind(b) => {
                 put_str8(out, &b.device_id);

@@ -86,6 +86,14 @@ pub enum CloseReason {
     AuthFailed = 7,
     /// The peer did not read fast enough and its outbound queue overflowed.
     SlowConsumer = 8,
+    /// Revision 3: the server cannot take the session now (the node is at its
+    /// session cap or bind rate, the peer's address has too many connections
+    /// or connects too fast, the node is out of file descriptors). An
+    /// Error(UNAVAILABLE) precedes it; the Close may carry a retry-after hint.
+    TryLater = 9,
+    /// Revision 3: the peer sent more frames or bytes per second than its
+    /// inbound budget, and kept doing so after being slowed down.
+    RateLimited = 10,
 }
 
 impl CloseReason {
@@ -101,6 +109,8 @@ impl CloseReason {
             6 => ProtocolError,
             7 => AuthFailed,
             8 => SlowConsumer,
+            9 => TryLater,
+            10 => RateLimited,
             _ => return None,
         })
     }
@@ -118,6 +128,8 @@ impl CloseReason {
             ProtocolError => "protocol_error",
             AuthFailed => "auth_failed",
             SlowConsumer => "slow_consumer",
+            TryLater => "try_later",
+            RateLimited => "rate_limited",
         }
     }
 }

@@ -88,6 +88,10 @@ pub struct Close {
     /// Raw reason code; see [`CloseReason`]. Unknown codes are kept, not rejected.
     pub reason: u16,
     pub message: String,
+    /// Server only (revision 3): reconnect no sooner than this many
+    /// milliseconds from now (already jittered by the server). Carried in a
+    /// header extension, so revision-1 and -2 receivers skip it.
+    pub retry_after_ms: Option<u32>,
 }
 
 /// Server → client: the frame with the echoed `seq` failed.
@@ -147,6 +151,19 @@ impl Frame {
             Body::Close(Close {
                 reason: reason as u16,
                 message: clip(message),
+                retry_after_ms: None,
+            }),
+        )
+    }
+
+    /// A server Close that tells the client when to come back (revision 3).
+    pub fn close_retry(seq: u32, reason: CloseReason, message: &str, retry_after_ms: u32) -> Frame {
+        Frame::new(
+            seq,
+            Body::Close(Close {
+                reason: reason as u16,
+                message: clip(message),
+                retry_after_ms: Some(retry_after_ms),
             }),
         )
     }

@@ -87,8 +87,21 @@ impl Header {
 
     /// Writes a v1 header.
     pub fn write(out: &mut [u8; HEADER_LEN], frame_len: u32, opcode: Opcode, flags: u16, seq: u32) {
+        Header::write_ext(out, frame_len, 0, opcode, flags, seq)
+    }
+
+    /// Like [`Header::write`], for a header followed by `ext_len` bytes of
+    /// header extensions (revision 3: a Close with a retry-after hint).
+    pub fn write_ext(
+        out: &mut [u8; HEADER_LEN],
+        frame_len: u32,
+        ext_len: usize,
+        opcode: Opcode,
+        flags: u16,
+        seq: u32,
+    ) {
         out[0..4].copy_from_slice(&frame_len.to_be_bytes());
-        out[4..6].copy_from_slice(&(HEADER_LEN as u16).to_be_bytes());
+        out[4..6].copy_from_slice(&((HEADER_LEN + ext_len) as u16).to_be_bytes());
         out[6] = VERSION;
         out[7] = opcode as u8;
         out[8..10].copy_from_slice(&flags.to_be_bytes());
