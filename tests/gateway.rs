@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use miop::client::{Client, ClientError};
+use miop::client::Client;
 use miop::protocol::{Body, CloseReason, Credential, ErrorCode, Frame, HEADER_LEN};
 use nix::sys::signal::Signal;
 
@@ -338,57 +338,48 @@ async fn sigterm_drains_every_session_with_close_and_exits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fd_exhaustion_backs_off_and_recovers() {
-    // 64 fds: a few for the process, rings and listeners, then ~40 connections.
+async fn at_the_fd_budget_accepting_pauses_the_admin_api_answers_and_accept_resumes() {
+    // 256 fds: the cores stop accepting at 192 open connections (the limit
+    // less a reserve of 64 for the admin API and the process) and resume at
+    // 160.
     let gw = Miopd::start_with(Options {
-        args: vec![
-            "--cores".into(),
-            "1".into(),
-            "--bind-timeout".into(),
-            "1s".into(),
-        ],
-        fd_limit: Some(64),
+        args: ["--cores", "1", "--bind-timeout", "60s"]
+            .map(String::from)
+            .to_vec(),
+        fd_limit: Some(256),
         ..Options::default()
     });
     let mut hold = Vec::new();
-    for _ in 0..80 {
-        // Connects complete in the kernel's backlog even when accept fails.
+    for _ in 0..240 {
+        // Connects complete in the kernel's backlog even when not accepted.
         hold.push(tokio::net::TcpStream::connect(gw.listen).await.unwrap());
     }
-    wait_until(T, "EMFILE counted", || {
-        gw.metric("miop_accept_errors_total{errno=\"EMFILE\"}")
-            .unwrap_or(0.0)
-            > 0.0
+    wait_until(T, "accepting paused at the high-water mark", || {
+        gw.metric("miop_accept_pauses_total").unwrap_or(0.0) >= 1.0
+            && gw.metric("miop_accept_paused_cores") == Some(1.0)
     });
-    // The node has not exited, and its admin API answers again as soon as an
-    // fd is free (unbound connections close at the bind timeout).
-    wait_until(T, "healthz answers", || {
-        gw.try_get("/healthz").is_some_and(|(s, _)| s == 200)
-    });
-    drop(hold);
-    // Once fds are free again, new devices bind.
-    let mut c: Option<Client> = None;
-    for _ in 0..50 {
-        let mut attempt = gw.client().await;
-        match tokio::time::timeout(
-            Duration::from_secs(5),
-            attempt.bind("after-emfile", Credential::AppKey(KEY.into()), vec![]),
-        )
-        .await
-        {
-            Ok(Ok(_)) => {
-                c = Some(attempt);
-                break;
-            }
-            Ok(Err(ClientError::Io(_) | ClientError::Eof)) | Err(_) => continue,
-            Ok(Err(e)) => panic!("unexpected: {e}"),
-        }
+    let open = gw.metric("miop_connections").unwrap();
+    assert!((192.0..=200.0).contains(&open), "{open} connections");
+    // The admin API keeps its reserve: it answers, again and again.
+    for _ in 0..20 {
+        assert_eq!(gw.get("/healthz").0, 200);
+        assert!(gw.get("/metrics").1.contains("miop_connections "));
     }
-    c.expect("gateway did not recover after fds were released")
-        .ping()
-        .await
-        .unwrap();
-    assert!(gw.log_text().contains("backing off"));
+    assert_eq!(
+        gw.metric("miop_accept_errors_total{errno=\"EMFILE\"}"),
+        Some(0.0),
+        "stopped before EMFILE"
+    );
+    // Connections close: below the low-water mark accepting resumes, and the
+    // connections waiting in the backlog are taken, then new devices bind.
+    hold.truncate(100);
+    wait_until(T, "accepting resumed", || {
+        gw.metric("miop_accept_paused_cores") == Some(0.0)
+    });
+    let mut c = gw.bound("after-the-pause").await;
+    c.ping().await.unwrap();
+    assert!(gw.log_text().contains("fd budget exhausted"));
+    drop(hold);
 }
 
 fn open_fds(pid: i32) -> usize {

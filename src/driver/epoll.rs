@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::io::unix::AsyncFd;
 
+use super::fd_budget::{AcceptGate, FdBudget};
 use super::link::{accept_errno_index, DriverStats, Link, Transport};
 use super::{Alarm, CoreParams, Turn, BUDGET_CONNS, BUDGET_SESSIONS};
 use crate::engine::{ConnKey, Engine, Now, TransportEnd};
@@ -57,6 +58,7 @@ struct Io {
     unread: Vec<ConnKey>,
     open: usize,
     stats: DriverStats,
+    fd_budget: std::sync::Arc<FdBudget>,
 }
 
 pub struct EpollCore {
@@ -73,6 +75,8 @@ pub struct EpollCore {
     turn: Turn,
     events: Vec<libc::epoll_event>,
     panic_on_accept: bool,
+    gate: AcceptGate,
+    sndbuf: u32,
 }
 
 fn token(key: ConnKey, gen: u32) -> u64 {
@@ -118,6 +122,7 @@ impl EpollCore {
                 unread: Vec::new(),
                 open: 0,
                 stats: DriverStats::default(),
+                fd_budget: p.fd_budget.clone(),
             },
             listener: p.listener,
             accepting: true,
@@ -128,6 +133,8 @@ impl EpollCore {
             turn: Turn::default(),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS],
             panic_on_accept: p.panic_on_accept,
+            gate: AcceptGate::default(),
+            sndbuf: p.sndbuf,
         })
     }
 
@@ -193,11 +200,12 @@ impl EpollCore {
                 more |= self.accept(now);
             }
         }
-        more |= !self.io.unread.is_empty();
         more |= self
             .turn
             .timers_and_jobs(&mut self.engine, now, BUDGET_SESSIONS);
         self.link.finish_turn(&mut self.engine, now, &mut self.io);
+        // Left over from this turn, or resumed by it (ResumeReading).
+        more |= !self.io.unread.is_empty();
         if self.turn.drain_done(
             &mut self.engine,
             &mut self.link,
@@ -216,11 +224,31 @@ impl EpollCore {
             self.engine.next_timeout(),
             self.accept_paused_until,
             self.turn.drain_deadline(),
+            // Paused at the fd high-water mark: look again soon.
+            self.gate
+                .is_paused()
+                .then(|| now.mono + super::uring::FD_RECHECK),
         ];
         if self.alarm.set(cx, now, deadlines) {
             cx.waker().wake_by_ref();
         }
         Poll::Pending
+    }
+
+    /// Whether the fd budget lets this core accept (pausing, with a warning,
+    /// at the high-water mark).
+    fn may_accept(&mut self) -> bool {
+        let mut paused = false;
+        let open = self.gate.open(&self.io.fd_budget, || paused = true);
+        if paused {
+            self.io.stats.accept_pauses += 1;
+            let (core, budget) = (self.link.core, &self.io.fd_budget);
+            self.link
+                .accept_log
+                .warn(|suppressed| super::log_fd_pause(core, budget, suppressed));
+        }
+        self.io.stats.accept_paused = self.gate.is_paused() as u64;
+        open
     }
 
     /// One event from the epoll set.
@@ -248,6 +276,10 @@ impl EpollCore {
     /// may be waiting.
     fn accept(&mut self, now: Now) -> bool {
         for _ in 0..BUDGET_CONNS {
+            if !self.may_accept() {
+                // Waiting connections stay in the kernel's accept queue.
+                return false;
+            }
             // SAFETY: accept4 on our listening socket; null address buffers
             // are allowed (the peer is read with getpeername below).
             let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
@@ -286,7 +318,8 @@ impl EpollCore {
             let fd = unsafe { OwnedFd::from_raw_fd(raw) };
             let peer = super::peer_addr(&storage, len);
             super::failpoint(self.panic_on_accept, self.link.core);
-            super::tune_accepted(raw);
+            super::tune_accepted(raw, self.sndbuf);
+            self.io.fd_budget.opened();
             let key = self.engine.accept(now, peer);
             if let Err(e) = self.io.insert(key, fd) {
                 tracing::warn!(core = self.link.core, error = %e, "cannot watch a new connection");
@@ -301,8 +334,13 @@ impl EpollCore {
         true
     }
 
-    /// Reads what the connection has, a few buffers at most per turn.
+    /// Reads what the connection has, a few buffers at most per turn (none
+    /// while the engine has paused it: over its inbound budget, the bytes
+    /// wait in the kernel and TCP flow control holds the client back).
     fn read(&mut self, now: Now, key: ConnKey) {
+        if self.engine.read_paused(key) {
+            return;
+        }
         let mut exhausted = true;
         for _ in 0..READS_PER_TURN {
             let Some(c) = self.io.conns.get(key.index()).and_then(Option::as_ref) else {
@@ -344,6 +382,10 @@ impl EpollCore {
             self.link.run_intents(&mut self.engine, &mut self.io);
             if n < self.io.buf.len() {
                 exhausted = false; // a short read: drained
+                break;
+            }
+            if self.engine.read_paused(key) {
+                exhausted = false; // resumed by ResumeReading
                 break;
             }
         }
@@ -442,6 +484,12 @@ impl Io {
 }
 
 impl Transport for Io {
+    fn resume_reading(&mut self, _engine: &mut Engine, key: ConnKey) {
+        // Edge-triggered: bytes that arrived during the pause raised no new
+        // event, so read it next turn regardless.
+        self.unread.push(key);
+    }
+
     fn shutdown(&mut self, engine: &mut Engine, key: ConnKey) {
         let Some(c) = self.conns.get_mut(key.index()).and_then(Option::take) else {
             return;
@@ -452,6 +500,7 @@ impl Transport for Io {
         unsafe { libc::shutdown(c.fd.as_raw_fd(), libc::SHUT_RDWR) };
         drop(c);
         self.open -= 1;
+        self.fd_budget.closed();
         engine.released(key);
     }
 

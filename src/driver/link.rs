@@ -99,6 +99,10 @@ pub struct DriverStats {
     pub inline_writes: u64,
     pub accepts: u64,
     pub provides: u64,
+    /// Times the core stopped accepting at the fd high-water mark.
+    pub accept_pauses: u64,
+    /// The core is not accepting now (0 or 1; a gauge).
+    pub accept_paused: u64,
     /// Turns of the core's loop, and turns cut short to let I/O through.
     pub turns: u64,
     pub yields: u64,
@@ -115,6 +119,8 @@ impl Default for DriverStats {
             inline_writes: 0,
             accepts: 0,
             provides: 0,
+            accept_pauses: 0,
+            accept_paused: 0,
             turns: 0,
             yields: 0,
         }
@@ -134,6 +140,8 @@ pub trait Transport {
     /// Shut the socket down; call `Engine::released` once its fd is closed
     /// and no operation on it is pending.
     fn shutdown(&mut self, engine: &mut Engine, key: ConnKey);
+    /// Read the connection again: its pause (over the inbound budget) is over.
+    fn resume_reading(&mut self, engine: &mut Engine, key: ConnKey);
     /// Write every chunk, in order, then call `Engine::on_written`.
     fn write(&mut self, engine: &mut Engine, now: Now, key: ConnKey, batch: Vec<bytes::Bytes>);
 }
@@ -224,6 +232,7 @@ impl Link {
                 progressed = true;
                 match intent {
                     Intent::Shutdown(key) => io.shutdown(engine, key),
+                    Intent::ResumeReading(key) => io.resume_reading(engine, key),
                     Intent::Presence(p) => self.presence.push(p),
                     Intent::Unacked(h) => {
                         let _ = self.reports.send(CoreReport::Unacked(h));
@@ -299,6 +308,8 @@ impl DriverStats {
         self.inline_writes += o.inline_writes;
         self.accepts += o.accepts;
         self.provides += o.provides;
+        self.accept_pauses += o.accept_pauses;
+        self.accept_paused += o.accept_paused;
         self.turns += o.turns;
         self.yields += o.yields;
     }

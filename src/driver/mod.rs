@@ -11,6 +11,7 @@
 //! where io_uring is refused (see [`resolve`]).
 
 pub mod epoll;
+pub mod fd_budget;
 pub mod link;
 pub mod listener;
 pub mod log_limit;
@@ -113,6 +114,10 @@ pub struct CoreParams {
     pub capacity: usize,
     /// Accept operations kept in flight (io_uring).
     pub accepts_in_flight: usize,
+    /// The node's fd budget for device connections (shared by the cores).
+    pub fd_budget: std::sync::Arc<fd_budget::FdBudget>,
+    /// SO_SNDBUF of accepted sockets (0: the kernel's default).
+    pub sndbuf: u32,
     /// Panic when the core accepts its first connection: a failpoint for the
     /// test that proves a dead core ends the process
     /// (`MIOP_FAILPOINT_CORE_PANIC=<core>`).
@@ -221,19 +226,43 @@ pub fn peer_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> std:
     }
 }
 
-/// Socket options of an accepted connection.
-fn tune_accepted(fd: RawFd) {
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt with a valid int option.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            &one as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+/// Socket options of an accepted connection: no Nagle delay (pushes and
+/// pongs are small and latency matters), and a small send buffer so a client
+/// that stops reading pins kilobytes of kernel memory, not megabytes.
+fn tune_accepted(fd: RawFd, sndbuf: u32) {
+    let set = |level, name, value: libc::c_int| {
+        // SAFETY: setsockopt with a valid int option on an fd we own.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                &value as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    };
+    set(libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
+    if sndbuf > 0 {
+        set(
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            sndbuf.min(i32::MAX as u32) as i32,
         );
     }
+}
+
+/// Logs that a core stopped accepting for lack of file descriptors.
+fn log_fd_pause(core: u16, budget: &fd_budget::FdBudget, suppressed: u64) {
+    let (high, low) = budget.marks();
+    tracing::warn!(
+        core,
+        open = budget.open(),
+        high_water = high,
+        low_water = low,
+        suppressed,
+        "fd budget exhausted: not accepting until connections close (the admin API and Redis keep their reserve)"
+    );
 }
 
 /// The peer went away between SYN and accept, or a signal: harmless.

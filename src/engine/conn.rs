@@ -8,6 +8,7 @@
 
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 
+use super::budget::Budget;
 use super::outbound::Outbound;
 use super::timers::NO_TIMER;
 use crate::session::{Session, SessionState};
@@ -48,11 +49,23 @@ pub struct Active {
     /// When a closing connection is shut down even if its last frames are
     /// not written (a peer that stopped reading), in timer ms.
     pub linger_until_ms: Option<u64>,
+    /// Reading is paused until then (over the inbound budget), in timer ms.
+    pub paused_until_ms: Option<u64>,
+    /// Over its inbound budget since then, in timer ms.
+    pub over_budget_since_ms: Option<u64>,
+    /// Its queue passed the outbound limit (drop-oldest) and no write has
+    /// completed since then, in timer ms.
+    pub stalled_since_ms: Option<u64>,
 }
 
 impl Active {
     fn is_idle(&self) -> bool {
-        self.inbound.is_empty() && self.outbound.is_empty() && self.linger_until_ms.is_none()
+        self.inbound.is_empty()
+            && self.outbound.is_empty()
+            && self.linger_until_ms.is_none()
+            && self.paused_until_ms.is_none()
+            && self.over_budget_since_ms.is_none()
+            && self.stalled_since_ms.is_none()
     }
 }
 
@@ -66,6 +79,8 @@ pub struct Conn {
     pub active: Option<Box<Active>>,
     /// Deadline of this connection's live timer entry ([`NO_TIMER`]: none).
     pub timer_ms: u64,
+    /// Inbound frames and bytes per second.
+    pub budget: Budget,
     /// [`WRITING`]: a batch is with the driver; [`SHUT`]: the driver was told
     /// to shut the socket down (the row waits for `released`);
     /// [`FLUSH_QUEUED`]: the connection is in the engine's flush list.
@@ -73,12 +88,13 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(session: Session, peer: SocketAddr) -> Conn {
+    pub fn new(session: Session, peer: SocketAddr, budget: Budget) -> Conn {
         Conn {
             session,
             peer: peer.into(),
             active: None,
             timer_ms: NO_TIMER,
+            budget,
             flags: 0,
         }
     }
@@ -127,11 +143,7 @@ mod tests {
     fn rows_stay_small() {
         // The row is the largest per-session cost of the engine: keep an eye
         // on it (docs/BENCHMARKS.md itemises the bytes per idle session).
-        assert!(
-            std::mem::size_of::<Conn>() <= 128,
-            "{}",
-            std::mem::size_of::<Conn>()
-        );
+        assert_eq!(std::mem::size_of::<Conn>(), 136);
         assert_eq!(std::mem::size_of::<Peer>(), 16);
     }
 }

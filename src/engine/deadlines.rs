@@ -4,7 +4,8 @@ use std::time::Instant;
 
 use super::conn::SHUT;
 use super::timers::NO_TIMER;
-use super::{ConnKey, Engine, Now, SessionRef, PRUNE_EVERY};
+use super::{ConnKey, Engine, Intent, Now, SessionRef, PRUNE_EVERY};
+use crate::protocol::CloseReason;
 
 impl Engine {
     /// When [`Engine::handle_timeouts`] should be called next, if ever.
@@ -45,17 +46,37 @@ impl Engine {
             if c.has(SHUT) {
                 continue;
             }
-            if let Some(until) = c.active.as_ref().and_then(|a| a.linger_until_ms) {
-                if until <= now_ms {
+            let at = SessionRef {
+                key,
+                session_id: c.session.session_id(),
+            };
+            let stall = self.cfg.limits.stall_timeout.as_millis() as u64;
+            if let Some(a) = c.active.as_mut() {
+                if a.linger_until_ms.is_some_and(|t| t <= now_ms) {
                     // The peer did not take its last frames in time.
                     self.shutdown(key);
                     continue;
                 }
-            } else if !c.closing() {
-                let at = SessionRef {
-                    key,
-                    session_id: c.session.session_id(),
-                };
+                if a.paused_until_ms.is_some_and(|t| t <= now_ms) {
+                    a.paused_until_ms = None;
+                    self.intents.push_back(Intent::ResumeReading(key));
+                }
+                if a.stalled_since_ms.is_some_and(|t| t + stall <= now_ms) {
+                    a.stalled_since_ms = None;
+                    self.intents
+                        .push_back(Intent::Notice(super::Notice::SlowConsumer {
+                            peer: c.peer.addr(),
+                            queued: a.outbound.len(),
+                        }));
+                    self.kick(now, at, CloseReason::SlowConsumer);
+                    self.arm(key);
+                    continue;
+                }
+            }
+            let Some(c) = self.conns.get_mut(key.index()) else {
+                continue;
+            };
+            if !c.closing() {
                 c.session
                     .handle_timeout(now.mono, &self.cfg.session, &mut actions);
                 self.apply(now, at, &mut actions);
@@ -74,13 +95,25 @@ impl Engine {
         if c.has(SHUT) {
             return;
         }
-        let due = match c.active.as_ref().and_then(|a| a.linger_until_ms) {
-            Some(linger) => Some(linger),
-            None if c.closing() => None,
-            None => c
-                .session
+        let session = if c.closing() {
+            None
+        } else {
+            c.session
                 .deadline(&self.cfg.session)
-                .map(|d| self.timers.ms_ceil(d)),
+                .map(|d| self.timers.ms_ceil(d))
+        };
+        let stall = self.cfg.limits.stall_timeout.as_millis() as u64;
+        let due = match c.active.as_ref() {
+            None => session,
+            Some(a) => [
+                session,
+                a.linger_until_ms,
+                a.paused_until_ms,
+                a.stalled_since_ms.map(|t| t + stall),
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
         };
         if let Some(due) = due {
             if due < c.timer_ms {

@@ -74,6 +74,9 @@ pub enum Intent {
     /// The driver calls [`super::Engine::released`] once no operation on the
     /// socket is pending and its fd is closed.
     Shutdown(ConnKey),
+    /// The connection's read pause is over: read it again (it was over its
+    /// inbound budget; see [`super::Engine::read_paused`]).
+    ResumeReading(ConnKey),
     /// Who is online on this core changed (for the node's device index).
     Presence(PresenceEvent),
     /// Pushes a session did not acknowledge before it ended (at-least-once:

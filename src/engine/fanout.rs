@@ -173,6 +173,7 @@ impl Engine {
         outcome.delivered += 1;
         self.stats.deliveries += 1;
         let mut slow = None;
+        let mut stall = false;
         if out.len() > max {
             match self.cfg.slow_consumer {
                 SlowConsumerPolicy::Close => {
@@ -181,6 +182,9 @@ impl Engine {
                 }
                 SlowConsumerPolicy::DropOldest => {
                     self.stats.outbound_dropped += out.drop_oldest(max);
+                    // A client that still reads nothing is closed after
+                    // --stall-timeout (it would pin its queue forever).
+                    stall = true;
                 }
             }
         }
@@ -193,6 +197,16 @@ impl Engine {
                     keep_until_ms: until,
                 },
             );
+        }
+        if stall {
+            let now_ms = self.timers.ms_floor(now.mono);
+            if let Some(c) = self.conns.get_mut(key.index()) {
+                let fresh = c.active().stalled_since_ms.is_none();
+                c.active().stalled_since_ms.get_or_insert(now_ms);
+                if fresh {
+                    self.arm(key);
+                }
+            }
         }
         match slow {
             Some((peer, queued)) => {

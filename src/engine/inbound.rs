@@ -3,10 +3,14 @@
 
 use std::net::SocketAddr;
 
+use super::budget::Budget;
 use super::conn::{Conn, SHUT};
 use super::{ConnKey, Engine, Intent, Notice, Now, PresenceEvent, SessionRef};
-use crate::protocol::{self, CloseReason};
-use crate::session::{Action, PresenceChange, Session};
+use crate::protocol::{self, Body, CloseReason, MAX_BIND_FRAME_LEN};
+use crate::session::{Action, PresenceChange, Session, SessionState};
+
+/// Shortest retry-after hint for a session closed as RATE_LIMITED.
+const RATE_LIMITED_RETRY_MS: u32 = 30_000;
 
 impl Engine {
     /// A connection was accepted. Returns its key; the session must Bind
@@ -17,19 +21,33 @@ impl Engine {
         // Core id in the top bits makes session ids unique per node without a
         // shared counter.
         let session_id = ((self.cfg.core as u64) << 48) | (serial & ((1 << 48) - 1));
+        let now_ms = self.timers.ms_floor(now.mono);
+        let l = &self.cfg.limits;
+        let budget = Budget::new(
+            now_ms,
+            2.0 * l.frames_per_sec as f32,
+            2.0 * l.bytes_per_sec as f32,
+        );
         let slot = self
             .conns
-            .insert(Conn::new(Session::new(session_id, now.mono), peer));
+            .insert(Conn::new(Session::new(session_id, now.mono), peer, budget));
         let key = ConnKey(slot as u32);
         self.high_water = self.high_water.max(slot + 1);
         self.stats.accepted += 1;
         self.arm(key);
+        let at = SessionRef { key, session_id };
         if self.draining {
-            self.kick(
-                now,
-                SessionRef { key, session_id },
-                CloseReason::ServerShutdown,
-            );
+            self.kick(now, at, CloseReason::ServerShutdown);
+        } else if let Err(r) = self.admission.on_accept(peer.ip(), now_ms) {
+            // Told at once, with when to come back, instead of a silent drop.
+            self.stats.refused[r as usize] += 1;
+            let retry = self.admission.retry_after(r.retry_base_ms());
+            let mut actions = std::mem::take(&mut self.scratch);
+            if let Some(c) = self.conns.get_mut(slot) {
+                c.session.refuse(0, retry, r.message(), &mut actions);
+            }
+            self.apply(now, at, &mut actions);
+            self.scratch = actions;
         }
         key
     }
@@ -46,7 +64,15 @@ impl Engine {
         }
         let session_id = c.session.session_id();
         let cfg = &self.cfg;
-        let max = cfg.session.max_frame_len as usize;
+        let now_ms = self.timers.ms_floor(now.mono);
+        // Nobody is trusted before Bind: until then a frame may be no longer
+        // than the largest valid Bind, whatever the limit after it.
+        let max = if c.session.state() == SessionState::AwaitingBind {
+            (cfg.session.max_frame_len as usize).min(MAX_BIND_FRAME_LEN)
+        } else {
+            cfg.session.max_frame_len as usize
+        };
+        let mut frames = 0u32;
         // Fast path: whole frames straight from the driver's read buffer; only
         // an incomplete tail is copied into the connection's own buffer.
         let mut held = c
@@ -64,6 +90,18 @@ impl Engine {
                 match protocol::decode(&src[used..], max) {
                     Ok(Some((frame, n))) => {
                         used += n;
+                        frames += 1;
+                        if matches!(frame.body, Body::Bind(_))
+                            && c.session.state() == SessionState::AwaitingBind
+                        {
+                            if let Err(r) = self.admission.on_bind(self.stats.sessions, now_ms) {
+                                self.stats.refused[r as usize] += 1;
+                                let retry = self.admission.retry_after(r.retry_base_ms());
+                                c.session
+                                    .refuse(frame.seq, retry, r.message(), &mut actions);
+                                break;
+                            }
+                        }
                         c.session.handle_frame(
                             frame,
                             now.mono,
@@ -95,10 +133,46 @@ impl Engine {
                 held
             };
             c.active().inbound = rest;
-        } else {
-            c.compact();
         }
-        self.apply(now, SessionRef { key, session_id }, &mut actions);
+        // Charge the read to the session's inbound budget.
+        let l = &cfg.limits;
+        let pause_ms = c.budget.charge(
+            now_ms,
+            frames,
+            bytes.len() as u32,
+            l.frames_per_sec,
+            l.bytes_per_sec,
+        );
+        let mut rate_limited = false;
+        if pause_ms > 0 && !c.closing() {
+            let a = c.active();
+            let since = *a.over_budget_since_ms.get_or_insert(now_ms);
+            if now_ms.saturating_sub(since) >= l.budget_grace.as_millis() as u64 {
+                rate_limited = true;
+            } else {
+                a.paused_until_ms = Some(now_ms + pause_ms);
+                self.stats.throttled += 1;
+            }
+        } else if let Some(a) = c.active.as_mut() {
+            a.over_budget_since_ms = None;
+        }
+        c.compact();
+        let at = SessionRef { key, session_id };
+        self.apply(now, at, &mut actions);
+        if rate_limited {
+            let retry = self.admission.retry_after(RATE_LIMITED_RETRY_MS);
+            if let Some(c) = self.live_mut(at) {
+                c.session.kick_with_retry(
+                    CloseReason::RateLimited,
+                    "over the inbound budget (frames or bytes per second)",
+                    retry,
+                    &mut actions,
+                );
+            }
+            self.apply(now, at, &mut actions);
+        } else if pause_ms > 0 {
+            self.arm(key);
+        }
         self.scratch = actions;
     }
 

@@ -17,6 +17,8 @@
 //! answering pings between chunks.
 
 mod acks;
+mod admission;
+mod budget;
 mod conn;
 mod deadlines;
 mod event;
@@ -41,6 +43,8 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use self::acks::Acks;
+use self::admission::Admission;
+pub use self::admission::{Refusal, REFUSALS};
 use self::conn::Conn;
 pub use self::event::{ConnKey, Intent, Notice, Now, PresenceEvent, SessionRef, TransportEnd};
 use self::fanout::Job;
@@ -50,7 +54,7 @@ pub use self::stats::{bind_result_name, close_kind_name, EngineStats, BIND_RESUL
 use self::timers::Timers;
 use self::topics::TopicIndex;
 use crate::auth::Authenticator;
-use crate::config::SlowConsumerPolicy;
+use crate::config::{Limits, SlowConsumerPolicy};
 use crate::session::{Action, SessionConfig, SessionInfo, SessionState};
 
 /// What an engine is configured with (the node's policy for its sessions).
@@ -64,6 +68,12 @@ pub struct EngineConfig {
     /// How long a closing connection may take to flush its last frames before
     /// its socket is shut down regardless (a peer that stopped reading).
     pub close_linger: Duration,
+    /// Admission control and budgets (node-wide figures; each core takes its
+    /// share of `cores`).
+    pub limits: Limits,
+    pub cores: u16,
+    /// Seeds the jitter of retry-after hints (the engine reads no entropy).
+    pub seed: u64,
 }
 
 impl EngineConfig {
@@ -74,6 +84,9 @@ impl EngineConfig {
             auth,
             slow_consumer: SlowConsumerPolicy::Close,
             close_linger: Duration::from_secs(5),
+            limits: Limits::default(),
+            cores: 1,
+            seed: core as u64,
         }
     }
 }
@@ -93,6 +106,7 @@ pub struct Engine {
     timers: Timers,
     topics: TopicIndex,
     acks: Acks,
+    admission: Admission,
     /// When the ack bookkeeping is pruned next.
     prune_at: Instant,
     next_serial: u64,
@@ -113,7 +127,9 @@ impl Engine {
     /// `capacity`: connection slots reserved up front (untouched capacity is
     /// only virtual memory; growing by doubling would copy the table).
     pub fn new(cfg: EngineConfig, now: Now, capacity: usize) -> Engine {
+        let start_ms = 0;
         Engine {
+            admission: Admission::new(cfg.limits.clone(), cfg.cores, cfg.seed, start_ms),
             cfg,
             conns: Slab::with_capacity(capacity),
             high_water: 0,
@@ -172,6 +188,20 @@ impl Engine {
             .iter()
             .filter(|(_, c)| c.active.is_some())
             .count()
+    }
+
+    /// Whether the driver must not read this connection now (it is over its
+    /// inbound budget; an [`Intent::ResumeReading`] follows).
+    pub fn read_paused(&self, key: ConnKey) -> bool {
+        self.conns
+            .get(key.index())
+            .and_then(|c| c.active.as_ref())
+            .is_some_and(|a| a.paused_until_ms.is_some())
+    }
+
+    /// Source addresses with admission state on this core.
+    pub fn tracked_addresses(&self) -> usize {
+        self.admission.tracked_addresses()
     }
 
     /// Sessions with pushes not acknowledged yet.

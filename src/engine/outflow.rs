@@ -47,6 +47,10 @@ impl Engine {
         c.set(WRITING, false);
         if let Some(a) = c.active.as_mut() {
             a.outbound.written();
+            if ok {
+                // The client reads: a drop-oldest stall is over.
+                a.stalled_since_ms = None;
+            }
         }
         if !ok {
             return self.on_transport_end(now, key, TransportEnd::IoError);
@@ -89,7 +93,8 @@ impl Engine {
     /// and no operation on it is pending: its key may be reused.
     pub fn released(&mut self, key: ConnKey) {
         if self.conns.get(key.index()).is_some_and(|c| c.has(SHUT)) {
-            self.conns.remove(key.index());
+            let c = self.conns.remove(key.index());
+            self.admission.on_release(c.peer.addr().ip());
         }
     }
 

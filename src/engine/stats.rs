@@ -1,6 +1,7 @@
 //! Counters and histograms of one engine: plain integers the engine bumps on
 //! its own thread, copied to the control plane when `/metrics` is scraped.
 
+use super::admission::REFUSALS;
 use crate::metrics::histogram::{Histogram, BIND_DURATION_BUCKETS, PUSH_ACK_BUCKETS};
 use crate::protocol::{CloseReason, ErrorCode};
 
@@ -41,6 +42,11 @@ pub struct EngineStats {
     pub deliveries: u64,
     /// Queued pushes dropped for slow consumers (drop-oldest policy).
     pub outbound_dropped: u64,
+    /// Connections and Binds refused by admission control, by
+    /// [`super::Refusal`].
+    pub refused: [u64; REFUSALS],
+    /// Reads paused because a session went over its inbound budget.
+    pub throttled: u64,
     /// Deadline entries that fired (each re-arms at most once): the timer's
     /// whole cost, which follows deadlines, not connections.
     pub timers_fired: u64,
@@ -64,6 +70,8 @@ impl Default for EngineStats {
             push_acks: 0,
             deliveries: 0,
             outbound_dropped: 0,
+            refused: [0; REFUSALS],
+            throttled: 0,
             timers_fired: 0,
             connections: 0,
             sessions: 0,
@@ -97,6 +105,10 @@ impl EngineStats {
         self.deliveries += o.deliveries;
         self.outbound_dropped += o.outbound_dropped;
         self.timers_fired += o.timers_fired;
+        for (a, b) in self.refused.iter_mut().zip(o.refused) {
+            *a += b;
+        }
+        self.throttled += o.throttled;
         self.connections += o.connections;
         self.sessions += o.sessions;
         self.bind_duration.merge(&o.bind_duration);

@@ -27,6 +27,17 @@ pub fn session_config() -> SessionConfig {
     }
 }
 
+/// The rig's engine configuration: no admission limits.
+pub fn config(core: u16) -> EngineConfig {
+    let mut cfg = EngineConfig::new(
+        core,
+        session_config(),
+        Authenticator::new([KEY.to_string()], None),
+    );
+    cfg.limits = crate::config::Limits::unlimited();
+    cfg
+}
+
 pub struct Rig {
     pub engine: Engine,
     pub now: Now,
@@ -44,12 +55,9 @@ pub struct Rig {
 }
 
 impl Rig {
+    /// An engine without admission limits (tests of limits set their own).
     pub fn new(core: u16) -> Rig {
-        Rig::with(EngineConfig::new(
-            core,
-            session_config(),
-            Authenticator::new([KEY.to_string()], None),
-        ))
+        Rig::with(config(core))
     }
 
     pub fn with(cfg: EngineConfig) -> Rig {
@@ -91,6 +99,7 @@ impl Rig {
         self.next_port += 1;
         let peer: SocketAddr = format!("10.0.0.1:{}", self.next_port).parse().unwrap();
         let key = self.engine.accept(self.now, peer);
+        self.written.remove(&key); // a reused key: a new connection
         self.pump();
         key
     }

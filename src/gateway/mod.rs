@@ -116,6 +116,11 @@ pub fn start(
     // capacity is only virtual memory, whereas growing by doubling would copy
     // the tables and leave half of them allocated.
     let per_core = (fd_limit as usize / cfg.cores.max(1)).min(4 << 20);
+    let fd_budget = std::sync::Arc::new(crate::driver::fd_budget::FdBudget::new(
+        fd_limit,
+        cfg.limits.fd_reserve_for(fd_limit),
+    ));
+    let seed = fastrand::u64(..);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut cores = Vec::with_capacity(cfg.cores);
     let mut threads = Vec::with_capacity(cfg.cores);
@@ -125,12 +130,17 @@ pub fn start(
         cores.push(tx);
         let mut engine = EngineConfig::new(id, cfg.session, auth.clone());
         engine.slow_consumer = cfg.slow_consumer;
+        engine.limits = cfg.limits.clone();
+        engine.cores = cfg.cores as u16;
+        engine.seed = seed ^ id as u64;
         let params = CoreParams {
             engine,
             link: Link::new(id, rx, report_tx.clone()),
             listener,
             capacity: per_core,
             accepts_in_flight: ACCEPTS_IN_FLIGHT,
+            fd_budget: fd_budget.clone(),
+            sndbuf: cfg.limits.sndbuf,
             panic_on_accept: std::env::var("MIOP_FAILPOINT_CORE_PANIC")
                 .is_ok_and(|v| v == id.to_string()),
         };

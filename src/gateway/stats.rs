@@ -51,6 +51,13 @@ pub fn publish(cores: &[CoreStats]) -> String {
     ] {
         counter!(IO_OPERATIONS, "op" => op).absolute(n);
     }
+    for i in 0..crate::engine::REFUSALS {
+        let reason = crate::engine::Refusal::from_index(i).name();
+        counter!(ADMISSION_REFUSALS, "reason" => reason).absolute(engine.refused[i]);
+    }
+    counter!(INBOUND_THROTTLED).absolute(engine.throttled);
+    counter!(ACCEPT_PAUSES).absolute(driver.accept_pauses);
+    gauge!(ACCEPT_PAUSED).set(driver.accept_paused as f64);
     counter!(CORE_TURNS).absolute(driver.turns);
     counter!(CORE_YIELDS).absolute(driver.yields);
     let mut out = String::new();

@@ -56,6 +56,10 @@ pub const IO_OPERATIONS: &str = "miop_io_operations_total";
 pub const CORE_TURNS: &str = "miop_core_turns_total";
 pub const CORE_YIELDS: &str = "miop_core_yields_total";
 pub const BUILD_INFO: &str = "miop_build_info";
+pub const ADMISSION_REFUSALS: &str = "miop_admission_refusals_total";
+pub const INBOUND_THROTTLED: &str = "miop_inbound_throttled_total";
+pub const ACCEPT_PAUSES: &str = "miop_accept_pauses_total";
+pub const ACCEPT_PAUSED: &str = "miop_accept_paused_cores";
 
 /// Installs the global Prometheus recorder and describes every metric.
 pub fn install() -> Result<PrometheusHandle, String> {
@@ -110,6 +114,22 @@ pub fn install() -> Result<PrometheusHandle, String> {
     describe_counter!(
         CORE_YIELDS,
         "Turns cut short to let I/O through (a broadcast, a burst of expiries or of ready connections)."
+    );
+    describe_counter!(
+        ADMISSION_REFUSALS,
+        "Connections and Binds refused by admission control (Error UNAVAILABLE + Close TRY_LATER with a retry-after hint), by reason: conns_per_ip, accept_rate_per_ip, max_sessions, bind_rate."
+    );
+    describe_counter!(
+        INBOUND_THROTTLED,
+        "Times a session went over its inbound budget (frames or bytes per second) and the core stopped reading it for a while."
+    );
+    describe_counter!(
+        ACCEPT_PAUSES,
+        "Times a core stopped accepting because the process reached its fd high-water mark (the fd limit less --fd-reserve)."
+    );
+    describe_gauge!(
+        ACCEPT_PAUSED,
+        "I/O cores not accepting now because of the fd budget (they resume below the low-water mark)."
     );
     describe_gauge!(
         BUILD_INFO,

@@ -205,6 +205,55 @@ impl Session {
         }
     }
 
+    /// The node cannot take this connection now (admission control): answers
+    /// Error(UNAVAILABLE) with `seq` (the Bind's, or 0 for a refusal at
+    /// accept) and Close(TRY_LATER) with a retry-after hint, and closes. A
+    /// bound session goes offline. (PROTOCOL.md §10.12.)
+    pub fn refuse(&mut self, seq: u32, retry_after_ms: u32, message: &str, out: &mut Vec<Action>) {
+        if self.state == SessionState::Closing {
+            return;
+        }
+        out.push(Action::Send(Frame::error(
+            seq,
+            ErrorCode::Unavailable,
+            message,
+        )));
+        out.push(Action::Send(Frame::close_retry(
+            0,
+            CloseReason::TryLater,
+            message,
+            retry_after_ms,
+        )));
+        self.go_offline(CloseReason::TryLater, out);
+        self.state = SessionState::Closing;
+        out.push(Action::Close {
+            reason: CloseReason::TryLater,
+        });
+    }
+
+    /// Closes the session with a retry-after hint on its Close (a client that
+    /// kept sending over its budget: RATE_LIMITED).
+    pub fn kick_with_retry(
+        &mut self,
+        reason: CloseReason,
+        message: &str,
+        retry_after_ms: u32,
+        out: &mut Vec<Action>,
+    ) {
+        if self.state == SessionState::Closing {
+            return;
+        }
+        out.push(Action::Send(Frame::close_retry(
+            0,
+            reason,
+            message,
+            retry_after_ms,
+        )));
+        self.go_offline(reason, out);
+        self.state = SessionState::Closing;
+        out.push(Action::Close { reason });
+    }
+
     /// The transport ended (EOF, reset) without a Close frame.
     pub fn handle_transport_closed(&mut self, out: &mut Vec<Action>) {
         if self.state == SessionState::Closing {

@@ -485,3 +485,24 @@ fn topics_ack_from_a_client_is_an_unknown_opcode() {
     );
     assert_eq!(close_reason(&out), Some(CloseReason::ProtocolError));
 }
+
+#[test]
+fn a_refused_bind_gets_unavailable_and_a_close_with_a_retry_hint() {
+    let mut r = rig();
+    let mut out = Vec::new();
+    r.s.refuse(9, 1500, "node at capacity", &mut out);
+    match sent(&out)[..] {
+        [Body::Error(e), Body::Close(c)] => {
+            assert_eq!(e.code(), Some(ErrorCode::Unavailable));
+            assert_eq!(c.reason(), Some(CloseReason::TryLater));
+            assert_eq!(c.retry_after_ms, Some(1500));
+        }
+        ref other => panic!("{other:?}"),
+    }
+    assert_eq!(close_reason(&out), Some(CloseReason::TryLater));
+    assert!(!out.iter().any(|a| matches!(a, Action::Presence(_))));
+    assert_eq!(r.s.state(), SessionState::Closing);
+    let mut again = Vec::new();
+    r.s.refuse(1, 1, "x", &mut again);
+    assert!(again.is_empty(), "closing: nothing more");
+}

@@ -13,7 +13,7 @@ use crate::engine::Now;
 
 impl UringCore {
     pub(super) fn arm_accept(&mut self, i: usize) {
-        if !self.accepting || self.accepts[i].is_some() {
+        if !self.accepting || self.accepts[i].is_some() || !self.may_accept() {
             return;
         }
         let addr = self.spare_addrs.pop().unwrap_or_else(AcceptAddr::new);
@@ -47,7 +47,8 @@ impl UringCore {
                     return;
                 }
                 crate::driver::failpoint(self.panic_on_accept, self.link.core);
-                crate::driver::tune_accepted(raw);
+                crate::driver::tune_accepted(raw, self.sndbuf);
+                self.io.fd_budget.opened();
                 let key = self.engine.accept(now, peer);
                 self.io.insert(key, fd);
                 self.io.arm_recv(key);
@@ -82,5 +83,21 @@ impl UringCore {
         tracing::debug!(core = self.link.core, "accept loop stopped for drain");
         // SAFETY: shutdown on the listener we own.
         unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+
+    /// Whether the fd budget lets this core accept (pausing, with a warning,
+    /// at the high-water mark).
+    pub(super) fn may_accept(&mut self) -> bool {
+        let mut paused = false;
+        let open = self.gate.open(&self.io.fd_budget, || paused = true);
+        if paused {
+            self.io.stats.accept_pauses += 1;
+            let (core, budget) = (self.link.core, &self.io.fd_budget);
+            self.link
+                .accept_log
+                .warn(|suppressed| crate::driver::log_fd_pause(core, budget, suppressed));
+        }
+        self.io.stats.accept_paused = self.gate.is_paused() as u64;
+        open
     }
 }

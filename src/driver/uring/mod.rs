@@ -35,6 +35,7 @@ use slab::Slab;
 use self::ops::{AcceptAddr, AcceptOp, RecvOp, WriteBufs, WriteOp};
 use self::pbufs::ProvidedBufs;
 use self::yielder::Yielder;
+use super::fd_budget::{AcceptGate, FdBudget};
 use super::link::{DriverStats, Link, Transport};
 use super::wake::{WakeQueue, QUIET};
 use super::{Alarm, CoreParams, Turn, BUDGET_CONNS, BUDGET_SESSIONS};
@@ -45,6 +46,8 @@ const ACCEPT_TOKEN: u32 = 1 << 31;
 /// Tokens of buffer hand-backs (quiet: collected at the next turn).
 const PROVIDE_TOKEN: u32 = ACCEPT_TOKEN | QUIET;
 const NONE: u32 = u32::MAX;
+/// How often a core paused at the fd high-water mark checks the budget.
+pub const FD_RECHECK: Duration = Duration::from_millis(50);
 /// Writes tried inline (non-blocking `sendmsg`) per turn before the rest go
 /// through the ring.
 pub const INLINE_WRITES: usize = 64;
@@ -82,6 +85,7 @@ struct Io {
     inline_left: usize,
     open: usize,
     stats: DriverStats,
+    fd_budget: std::sync::Arc<FdBudget>,
 }
 
 pub struct UringCore {
@@ -102,6 +106,8 @@ pub struct UringCore {
     turn: Turn,
     ready: Vec<u32>,
     panic_on_accept: bool,
+    gate: AcceptGate,
+    sndbuf: u32,
 }
 
 fn poll_op<F: Future + Unpin>(op: &mut F, waker: &Waker) -> Poll<F::Output> {
@@ -124,6 +130,7 @@ impl UringCore {
                 inline_left: INLINE_WRITES,
                 open: 0,
                 stats: DriverStats::default(),
+                fd_budget: p.fd_budget.clone(),
             },
             accepts: (0..p.accepts_in_flight.max(1)).map(|_| None).collect(),
             spare_addrs: Vec::new(),
@@ -136,6 +143,8 @@ impl UringCore {
             turn: Turn::default(),
             ready: Vec::new(),
             panic_on_accept: p.panic_on_accept,
+            gate: AcceptGate::default(),
+            sndbuf: p.sndbuf,
         })
     }
 
@@ -195,6 +204,12 @@ impl UringCore {
                 self.arm_accept(i);
             }
         }
+        if self.accepting && self.gate.is_paused() && self.may_accept() {
+            // Below the fd low-water mark again.
+            for i in 0..self.accepts.len() {
+                self.arm_accept(i);
+            }
+        }
         let open = self.io.open;
         if self
             .turn
@@ -211,6 +226,9 @@ impl UringCore {
             self.engine.next_timeout(),
             self.accept_paused_until,
             self.turn.drain_deadline(),
+            // Paused at the fd high-water mark: look again soon (connections
+            // close on every core, not only this one).
+            self.gate.is_paused().then(|| now.mono + FD_RECHECK),
         ];
         if self.alarm.set(cx, now, deadlines) {
             self.yielder.yield_now(cx);
@@ -263,9 +281,12 @@ impl UringCore {
                 .engine
                 .on_transport_end(now, key, TransportEnd::IoError),
         }
-        // Shutdowns decided by these bytes happen before the next receive.
+        // Shutdowns decided by these bytes happen before the next receive;
+        // a session over its inbound budget is not read until ResumeReading.
         self.link.run_intents(&mut self.engine, &mut self.io);
-        self.io.arm_recv(key);
+        if !self.engine.read_paused(key) {
+            self.io.arm_recv(key);
+        }
     }
 
     fn service_write(&mut self, now: Now, key: ConnKey, waker: &Waker) {
@@ -377,6 +398,7 @@ impl Io {
         if done {
             self.conns[key.index()] = None;
             self.open -= 1;
+            self.fd_budget.closed();
             engine.released(key);
         }
     }
@@ -408,6 +430,10 @@ fn send_now(fd: RawFd, chunks: &[Bytes]) -> std::io::Result<usize> {
 }
 
 impl Transport for Io {
+    fn resume_reading(&mut self, _engine: &mut Engine, key: ConnKey) {
+        self.arm_recv(key);
+    }
+
     fn shutdown(&mut self, engine: &mut Engine, key: ConnKey) {
         let Some(c) = self.conns.get_mut(key.index()).and_then(Option::as_mut) else {
             return;

@@ -170,7 +170,7 @@ fn a_slow_consumer_is_closed_and_others_are_unaffected() {
 
 #[test]
 fn drop_oldest_keeps_a_slow_consumer_and_its_newest_pushes() {
-    let mut cfg = EngineConfig::new(0, session_config(), Authenticator::new([KEY.into()], None));
+    let mut cfg = config(0);
     cfg.slow_consumer = SlowConsumerPolicy::DropOldest;
     let mut r = Rig::with(cfg);
     let slow = r.device("slow");

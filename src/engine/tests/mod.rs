@@ -3,11 +3,11 @@
 
 mod delivery;
 mod lifecycle;
+mod limits;
 mod timeouts;
 
 pub use super::testing::*;
 pub use super::*;
-pub use crate::auth::Authenticator;
 pub use crate::protocol::{Bind, Body, CloseReason, Credential, Frame};
 pub use bytes::BytesMut;
 pub use std::collections::HashMap;

@@ -110,7 +110,7 @@ fn a_peer_that_does_not_take_its_close_is_shut_down_after_the_linger() {
 
 #[test]
 fn a_heartbeat_timeout_shorter_than_the_bind_timeout_is_kept() {
-    let mut cfg = EngineConfig::new(0, session_config(), Authenticator::new([KEY.into()], None));
+    let mut cfg = config(0);
     cfg.session.bind_timeout = Duration::from_secs(10);
     cfg.session.heartbeat_timeout = Duration::from_millis(800);
     let mut r = Rig::with(cfg);

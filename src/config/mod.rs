@@ -1,6 +1,10 @@
 //! miopd's configuration: command line, environment (`MIOP_*`) and an optional
 //! TOML file, in that order of precedence.
 
+mod limits;
+
+pub use self::limits::{default_exempt, parse_exempt, Limits};
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -90,6 +94,64 @@ pub struct Cli {
     /// reading is always closed).
     #[arg(long, env = "MIOP_SLOW_CONSUMER", value_enum)]
     pub slow_consumer: Option<SlowConsumerPolicy>,
+
+    /// Open connections allowed per source address (0: no limit). Enforced
+    /// per core (each core allows its share); addresses in --limit-exempt are
+    /// not limited. Over it, a new connection gets Error(UNAVAILABLE) +
+    /// Close(TRY_LATER) with a retry-after hint.
+    #[arg(long, env = "MIOP_MAX_CONNS_PER_IP")]
+    pub max_conns_per_ip: Option<u32>,
+
+    /// New connections per second allowed per source address (0: no limit;
+    /// bursts of twice this).
+    #[arg(long, env = "MIOP_ACCEPT_RATE_PER_IP")]
+    pub accept_rate_per_ip: Option<u32>,
+
+    /// Addresses or CIDRs exempt from the per-address limits
+    /// (comma-separated; `none` for no exemption). Default: loopback.
+    #[arg(long, env = "MIOP_LIMIT_EXEMPT", value_delimiter = ',')]
+    pub limit_exempt: Vec<String>,
+
+    /// Bound sessions allowed on the node (0: only the fd limit). Over it, a
+    /// Bind gets Error(UNAVAILABLE) + Close(TRY_LATER) with a retry-after hint.
+    #[arg(long, env = "MIOP_MAX_SESSIONS")]
+    pub max_sessions: Option<u64>,
+
+    /// Binds per second allowed on the node (0: no limit); a token bucket
+    /// with one second of burst.
+    #[arg(long, env = "MIOP_BIND_RATE")]
+    pub bind_rate: Option<u32>,
+
+    /// Frames per second one session may send (bursts of twice this). Over
+    /// it the gateway stops reading the session for a while; a session that
+    /// stays over it for --budget-grace is closed (RATE_LIMITED).
+    #[arg(long, env = "MIOP_FRAMES_PER_SEC")]
+    pub frames_per_sec: Option<u32>,
+
+    /// Bytes per second one session may send (bursts of twice this).
+    #[arg(long, env = "MIOP_BYTES_PER_SEC")]
+    pub bytes_per_sec: Option<u32>,
+
+    /// How long a session may stay over its inbound budget before it is closed.
+    #[arg(long, env = "MIOP_BUDGET_GRACE", value_parser = humantime::parse_duration)]
+    pub budget_grace: Option<Duration>,
+
+    /// With --slow-consumer drop-oldest: close a session whose queue stays over
+    /// --outbound-limit this long without the client reading.
+    #[arg(long, env = "MIOP_STALL_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub stall_timeout: Option<Duration>,
+
+    /// Socket send buffer of device connections in bytes (the kernel doubles
+    /// it; 0: the kernel's default). Small by default: push traffic is small,
+    /// and a client that stops reading then pins kilobytes, not megabytes.
+    #[arg(long, env = "MIOP_SNDBUF")]
+    pub sndbuf: Option<u32>,
+
+    /// File descriptors kept free for the admin API, Redis and the process:
+    /// the cores stop accepting when this few are left and resume when a few
+    /// more are free. Default: 1/64 of the fd limit, at least 64.
+    #[arg(long, env = "MIOP_FD_RESERVE")]
+    pub fd_reserve: Option<u64>,
 
     /// On SIGTERM/SIGINT, how long sessions get to receive Close before exit.
     #[arg(long, env = "MIOP_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
@@ -187,6 +249,20 @@ pub struct FileConfig {
     pub backlog: Option<u32>,
     pub outbound_limit: Option<usize>,
     pub slow_consumer: Option<SlowConsumerPolicy>,
+    pub max_conns_per_ip: Option<u32>,
+    pub accept_rate_per_ip: Option<u32>,
+    #[serde(default)]
+    pub limit_exempt: Vec<String>,
+    pub max_sessions: Option<u64>,
+    pub bind_rate: Option<u32>,
+    pub frames_per_sec: Option<u32>,
+    pub bytes_per_sec: Option<u32>,
+    #[serde(default, with = "opt_duration")]
+    pub budget_grace: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    pub stall_timeout: Option<Duration>,
+    pub sndbuf: Option<u32>,
+    pub fd_reserve: Option<u64>,
     #[serde(default, with = "opt_duration")]
     pub drain_timeout: Option<Duration>,
     pub node_id: Option<String>,
@@ -219,6 +295,7 @@ pub struct Config {
     pub redis: Option<String>,
     pub presence_lease: Duration,
     pub slow_consumer: SlowConsumerPolicy,
+    pub limits: Limits,
     pub backlog: u32,
     pub drain_timeout: Duration,
     pub node_id: String,
@@ -302,7 +379,58 @@ impl Config {
                     .and_then(|h| h.into_string().ok())
             })
             .unwrap_or_else(|| "miopd".into());
+        let d = Limits::default();
+        let exempt_given = if cli.limit_exempt.is_empty() {
+            &file.limit_exempt
+        } else {
+            &cli.limit_exempt
+        };
+        let limits = Limits {
+            max_conns_per_ip: cli
+                .max_conns_per_ip
+                .or(file.max_conns_per_ip)
+                .unwrap_or(d.max_conns_per_ip),
+            accept_rate_per_ip: cli
+                .accept_rate_per_ip
+                .or(file.accept_rate_per_ip)
+                .unwrap_or(d.accept_rate_per_ip),
+            exempt: if exempt_given.is_empty() {
+                d.exempt
+            } else {
+                parse_exempt(exempt_given)?
+            },
+            max_sessions: cli
+                .max_sessions
+                .or(file.max_sessions)
+                .unwrap_or(d.max_sessions),
+            bind_rate: cli.bind_rate.or(file.bind_rate).unwrap_or(d.bind_rate),
+            frames_per_sec: cli
+                .frames_per_sec
+                .or(file.frames_per_sec)
+                .unwrap_or(d.frames_per_sec),
+            bytes_per_sec: cli
+                .bytes_per_sec
+                .or(file.bytes_per_sec)
+                .unwrap_or(d.bytes_per_sec),
+            budget_grace: cli
+                .budget_grace
+                .or(file.budget_grace)
+                .unwrap_or(d.budget_grace),
+            stall_timeout: cli
+                .stall_timeout
+                .or(file.stall_timeout)
+                .unwrap_or(d.stall_timeout),
+            sndbuf: cli.sndbuf.or(file.sndbuf).unwrap_or(d.sndbuf),
+            fd_reserve: cli.fd_reserve.or(file.fd_reserve).unwrap_or(d.fd_reserve),
+        };
+        if limits.frames_per_sec == 0 || limits.bytes_per_sec < session.max_frame_len {
+            return Err(
+                "--frames-per-sec must be at least 1 and --bytes-per-sec at least --max-frame"
+                    .into(),
+            );
+        }
         Ok(Config {
+            limits,
             listen: cli
                 .listen
                 .or(file.listen)
