@@ -81,6 +81,9 @@ impl Engine {
             .map(|a| std::mem::take(&mut a.inbound))
             .unwrap_or_default();
         if !held.is_empty() {
+            // Exactly what is needed: a doubling here would let a client that
+            // trickles a large frame pin twice its size.
+            held.reserve_exact(bytes.len());
             held.extend_from_slice(bytes);
         }
         let (used, total) = {
