@@ -150,10 +150,15 @@ impl Engine {
         if pause_ms > 0 && !c.closing() {
             let a = c.active();
             let since = *a.over_budget_since_ms.get_or_insert(now_ms);
-            if now_ms.saturating_sub(since) >= l.budget_grace.as_millis() as u64 {
+            let grace = l.budget_grace.as_millis() as u64;
+            let left = (since + grace).saturating_sub(now_ms);
+            if left == 0 {
+                // Slowed down for the whole grace and still over budget.
                 rate_limited = true;
             } else {
-                a.paused_until_ms = Some(now_ms + pause_ms);
+                // Slow it down; no longer than the grace it has left, so a
+                // flood that stays over is closed when the grace is over.
+                a.paused_until_ms = Some(now_ms + pause_ms.min(left));
                 self.stats.throttled += 1;
             }
         } else if let Some(a) = c.active.as_mut() {
