@@ -6,6 +6,7 @@
 //! gateway's sockets count against different fd limits.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
 pub mod netns;
 pub mod redis;
 pub mod seccomp;
