@@ -107,11 +107,17 @@ fn require_root() {
     }
 }
 
+/// Whether process `pid` still runs (a zombie does not: it is dead, waiting
+/// for its parent to reap it).
 fn alive(pid: i32) -> bool {
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
-        Ok(()) => true,
-        Err(nix::errno::Errno::ESRCH) => false,
-        Err(_) => true,
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "pid (comm) S ...": the state follows the last ')'.
+        Ok(stat) => !matches!(
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next()),
+            Some('Z' | 'X')
+        ),
+        Err(_) => false,
     }
 }
 
@@ -374,6 +380,11 @@ pub struct NsRedis {
 
 impl NsRedis {
     pub fn start(host: &Host) -> NsRedis {
+        NsRedis::start_with(host, &[])
+    }
+
+    /// With extra redis-server arguments (e.g. `["--tcp-keepalive", "1"]`).
+    pub fn start_with(host: &Host, extra: &[&str]) -> NsRedis {
         let port = 6379;
         let child = host
             .command("redis-server")
@@ -389,6 +400,7 @@ impl NsRedis {
                 "--appendonly",
                 "no",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
