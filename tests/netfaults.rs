@@ -809,6 +809,105 @@ async fn a_push_routed_to_a_gateway_cut_off_from_redis_is_not_lost() {
     assert!(on_a.all(&ids, |s| s.ends.is_empty()));
 }
 
+/// Redis drops connections whose peer stopped answering (`tcp-keepalive`,
+/// 300 s by default; 1 s here to make a long partition short). After a
+/// partition longer than that, Redis has forgotten gateway A's connections,
+/// but A, which writes nothing on its subscriber connection, does not know:
+/// it must still hear kicks and pushes routed to it once the link is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_long_partition_the_gateway_still_hears_kicks_and_routed_pushes() {
+    let net = Net::new();
+    let phones = net.host("phones");
+    let (gwa, gwb, redish) = (net.host("gwa"), net.host("gwb"), net.host("redis"));
+    let to_a = net.link(&phones, &gwa);
+    let to_b = net.link(&phones, &gwb);
+    let a_redis = net.link(&gwa, &redish);
+    let b_redis = net.link(&gwb, &redish);
+    let redis = NsRedis::start_with(&redish, &["--tcp-keepalive", "1"]);
+    let a = gateway(&gwa, &redis.url(a_redis.addr_b), "A", "5s");
+    let b = gateway(&gwb, &redis.url(b_redis.addr_b), "B", "5s");
+    let (at_a, at_b) = (via(&a, to_a.addr_b), via(&b, to_b.addr_b));
+    let ids = names("k", 0..2);
+    let mut on_a = Fleet::new();
+    on_a.spawn(&phones, at_a, ids.clone());
+    wait_until(LIMIT, "2 devices bound on A, in presence", || {
+        on_a.all(&ids, |s| s.bound) && consistent(&a, 2)
+    });
+    let subscribers = || {
+        redis
+            .cli(&["PUBSUB", "SHARDNUMSUB", "miop:push:{A}"])
+            .lines()
+            .nth(1)
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(subscribers(), "1", "A listens on its push channel");
+
+    a_redis.cut(End::B);
+    let cut = Instant::now();
+    // Redis gives up on A's connections (keepalive probes unanswered).
+    wait_until(LIMIT, "Redis dropped A's subscriber connection", || {
+        subscribers() == "0"
+    });
+    let dropped = cut.elapsed();
+    a_redis.heal();
+    let healed = Instant::now();
+    wait_until(LIMIT, "A reconnected and presence converged", || {
+        metric(&a, "miop_redis_up") == 1.0 && consistent(&a, 2)
+    });
+    let converged = healed.elapsed();
+
+    // A push through B to k-0, and k-1 binding on B, must both reach A.
+    let (status, r) = push_one(&b, "k-0", "via B");
+    let mut on_b = Fleet::new();
+    on_b.spawn(&phones, at_b, ["k-1".to_string()]);
+    let end = Instant::now() + LIMIT;
+    let done =
+        |f: &Fleet| f.st("k-0").payloads() == ["via B"] && f.st("k-1").ends == ["closed: Replaced"];
+    while Instant::now() < end && !done(&on_a) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (k0, k1) = (on_a.st("k-0").payloads().len(), on_a.st("k-1").ends.clone());
+    eprintln!(
+        "long partition: Redis dropped A's connections {} after the cut; after the heal A was back in presence in {}; \
+         A's subscribers on its push channel now: {}; push through B: {status} {r}; k-0 got {k0} push(es); \
+         k-1's old session on A ended: {k1:?}; sessions on A {} B {}",
+        secs(dropped),
+        secs(converged),
+        subscribers(),
+        sessions(&a),
+        sessions(&b)
+    );
+    let a_conns: Vec<String> = redis
+        .cli(&["CLIENT", "LIST"])
+        .lines()
+        .filter(|l| l.contains(&format!("addr={}:", a_redis.addr_a)))
+        .map(|l| {
+            let keep = ["addr=", "age=", "sub=", "ssub=", "cmd="];
+            let fields = l.split_whitespace();
+            let kept: Vec<&str> = fields
+                .filter(|f| keep.iter().any(|k| f.starts_with(k)))
+                .collect();
+            kept.join(" ")
+        })
+        .collect();
+    assert!(
+        done(&on_a),
+        "30 s after the heal, A still misses what Redis sends it: push through B answered {r} \
+         but k-0 got {k0} push(es); k-1 bound on B but its old session on A {}; \
+         subscribers of miop:push:{{A}}: {}; A's connections as Redis sees them: {a_conns:?}; \
+         A's miop_redis_up: {}",
+        if k1.is_empty() {
+            "is still open".to_string()
+        } else {
+            format!("ended {k1:?}")
+        },
+        subscribers(),
+        metric(&a, "miop_redis_up"),
+    );
+}
+
 /// The link between the phones and the gateway goes down (the phones' end:
 /// the gateway hears nothing more, the phones cannot send). The gateway
 /// closes every session at its heartbeat timeout and presence drops them; a
