@@ -986,3 +986,55 @@ async fn a_partition_between_clients_and_gateway_times_sessions_out_and_they_com
         secs(started.elapsed())
     );
 }
+
+/// The fault proxy itself, on loopback against an echo server: it never
+/// delivers before the latency, holds bytes while blackholed and delivers
+/// them after, and a kill resets the client's connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fault_proxy_delays_holds_and_resets() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let latency = Duration::from_millis(100);
+    let proxy = FaultProxy::local(
+        upstream,
+        Faults {
+            latency,
+            ..Faults::default()
+        },
+        1,
+    )
+    .await;
+    let mut c = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut buf = [0u8; 5];
+    let t = Instant::now();
+    c.write_all(b"hello").await.unwrap();
+    c.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"hello");
+    assert!(t.elapsed() >= 2 * latency, "{:?}", t.elapsed());
+
+    proxy.set_latency(Duration::ZERO);
+    proxy.blackhole(true);
+    c.write_all(b"held!").await.unwrap();
+    let held = tokio::time::timeout(Duration::from_millis(300), c.read_exact(&mut buf)).await;
+    assert!(held.is_err(), "nothing crosses a blackhole");
+    proxy.blackhole(false);
+    c.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"held!");
+
+    assert_eq!(proxy.live(), 1);
+    assert_eq!(proxy.kill(5, Kill::Reset), 1);
+    let err = c.read(&mut buf).await.expect_err("reset");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    wait_until(LIMIT, "the proxy counted it", || {
+        proxy.stats().killed_reset == 1 && proxy.live() == 0
+    });
+}

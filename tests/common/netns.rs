@@ -188,7 +188,9 @@ impl Net {
             "short role: {role}"
         );
         let name = format!("{}-{role}", self.id);
-        ip(&["netns", "add", &name]).unwrap_or_else(|e| panic!("{e}"));
+        ip(&["netns", "add", &name]).unwrap_or_else(|e| {
+            panic!("{e} (the network-fault tests need CAP_SYS_ADMIN and CAP_NET_ADMIN)")
+        });
         let host = Host {
             name: name.as_str().into(),
             role: role.into(),
