@@ -761,8 +761,11 @@ async fn a_partition_between_gateway_and_redis_keeps_sessions_and_presence_conve
 
 /// A push with a TTL is at-least-once: here it goes through B to devices that
 /// Redis still says are on A, while A is cut off from Redis (before its
-/// lease lapses). B routes it over A's push channel, which A cannot hear.
-/// Once the partition heals, every device must still get it.
+/// lease lapses). B routes it over A's push channel and answers "delivered";
+/// Redis writes it to A's subscriber connection, which the partition holds.
+/// Once the partition heals, every device must still get it. (It does
+/// because that connection survives a short partition and TCP delivers what
+/// waited; the test below shows what happens when it does not survive.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_routed_to_a_gateway_cut_off_from_redis_is_not_lost() {
     let net = Net::new();
