@@ -6,6 +6,8 @@
 //! gateway's sockets count against different fd limits.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
+pub mod netns;
 pub mod redis;
 pub mod seccomp;
 
@@ -25,6 +27,9 @@ pub struct Miopd {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
     pub log: PathBuf,
+    /// The network namespace it runs in, if any (its admin API is reached
+    /// from inside it).
+    netns: Option<netns::Host>,
 }
 
 #[derive(Default)]
@@ -37,6 +42,12 @@ pub struct Options {
     /// Deny io_uring to the gateway with a seccomp filter, as Docker >= 25
     /// and containerd 2 do by default.
     pub deny_io_uring: bool,
+    /// Device listen address (default `127.0.0.1:0`).
+    pub listen: Option<String>,
+    /// Run the gateway inside this network namespace (`ip netns exec`); the
+    /// admin API (on that namespace's loopback) is then reached from inside
+    /// it, so it stays reachable whatever links a test cuts.
+    pub netns: Option<netns::Host>,
 }
 
 impl Miopd {
@@ -51,10 +62,14 @@ impl Miopd {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = std::env::temp_dir().join(format!("miopd-test-{}-{n}.log", std::process::id()));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_miopd"));
+        let bin = env!("CARGO_BIN_EXE_miopd");
+        let mut cmd = match &opts.netns {
+            Some(host) => host.command(bin),
+            None => Command::new(bin),
+        };
         cmd.args([
             "--listen",
-            "127.0.0.1:0",
+            opts.listen.as_deref().unwrap_or("127.0.0.1:0"),
             "--admin",
             "127.0.0.1:0",
             "--app-key",
@@ -112,6 +127,15 @@ impl Miopd {
             admin: field("admin="),
             child,
             log,
+            netns: opts.netns,
+        }
+    }
+
+    /// A connection to the admin API (from inside the gateway's namespace, if any).
+    fn admin_stream(&self) -> std::io::Result<TcpStream> {
+        match &self.netns {
+            Some(host) => host.connect_std(self.admin, Duration::from_secs(10)),
+            None => TcpStream::connect(self.admin),
         }
     }
 
@@ -141,7 +165,7 @@ impl Miopd {
     /// Like `get`, but `None` when the admin API cannot answer (e.g. while the
     /// process is out of file descriptors).
     pub fn try_get(&self, path: &str) -> Option<(u16, String)> {
-        let mut s = TcpStream::connect(self.admin).ok()?;
+        let mut s = self.admin_stream().ok()?;
         s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
         write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
         let mut resp = String::new();
@@ -156,7 +180,7 @@ impl Miopd {
 
     /// `POST path` with a JSON body and an optional bearer token: (status, body).
     pub fn post(&self, path: &str, body: &str, token: Option<&str>) -> (u16, String) {
-        let mut s = TcpStream::connect(self.admin).expect("admin connect");
+        let mut s = self.admin_stream().expect("admin connect");
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let auth = token
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
