@@ -41,6 +41,7 @@ pub const OFFLINE_DELIVERED: &str = "miop_offline_messages_delivered_total";
 pub const OFFLINE_EXPIRED: &str = "miop_offline_messages_expired_total";
 pub const REDIS_UP: &str = "miop_redis_up";
 pub const REDIS_RECONNECTS: &str = "miop_redis_reconnects_total";
+pub const SUBSCRIBER_RECONNECTS: &str = "miop_redis_subscriber_resets_total";
 pub const PRESENCE_QUEUE: &str = "miop_presence_queue_depth";
 pub const PRESENCE_LAG: &str = "miop_presence_sync_lag_seconds";
 pub const PRESENCE_BATCH: &str = "miop_presence_batch_size";
@@ -171,6 +172,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
         REDIS_RECONNECTS,
         "Connections (and reconnections) to Redis; each triggers a reconciliation."
     );
+    describe_counter!(
+        SUBSCRIBER_RECONNECTS,
+        "Pub/sub connections to Redis reset because Redis no longer had this node's subscription (a connection dropped during a partition; kicks and routed pushes would otherwise be missed)."
+    );
     describe_gauge!(
         PRESENCE_QUEUE,
         "Presence changes queued for Redis (coalesced per device)."
@@ -275,6 +280,7 @@ pub fn init_zero(presence: bool, io: &'static str) {
     if presence {
         for c in [
             REDIS_RECONNECTS,
+            SUBSCRIBER_RECONNECTS,
             RECONCILIATIONS,
             NODE_CLEANUPS,
             CLEANED_ENTRIES,

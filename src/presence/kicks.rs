@@ -47,6 +47,45 @@ impl RedisPresence {
         self.pending.notify.notify_one();
     }
 
+    /// Checks every third of the lease that Redis still has this node's
+    /// subscription (`PUBSUB SHARDNUMSUB` of its push channel, asked on the
+    /// command connection).
+    ///
+    /// The subscriber only ever reads, so nothing tells it that Redis dropped
+    /// its connection during a partition (Redis's `tcp-keepalive` closes a
+    /// silent peer after a few minutes; a NAT or load balancer with an idle
+    /// timeout does the same): the node would stay subscribed to nothing,
+    /// missing kicks and routed pushes while everything else looks healthy.
+    /// Asking Redis, rather than pinging the subscriber, leaves a connection
+    /// that only stalled for a short partition alone: its queued messages
+    /// still arrive when the link heals. A missing subscription forces a
+    /// reconnection of the subscriber, which re-subscribes (see `start`).
+    pub(super) async fn subscriber_watch(self: Arc<Self>) {
+        let every = (self.settings.lease_ttl / 3).max(Duration::from_millis(500));
+        let channel = keys::push_channel(self.me());
+        loop {
+            tokio::time::sleep(every).await;
+            if !self.subscribed.load(Ordering::Relaxed) || !self.is_up() {
+                continue; // a (re)subscription is under way, or Redis is away
+            }
+            let counts: Result<Vec<fred::types::Value>, _> =
+                self.client.pubsub_shardnumsub(channel.clone()).await;
+            let subscribers = match counts {
+                Ok(v) => v.get(1).and_then(|n| n.as_i64()),
+                Err(_) => continue, // Redis trouble: the health checks see it
+            };
+            if subscribers == Some(0) && self.subscribed.load(Ordering::Relaxed) {
+                tracing::warn!(
+                    channel = %channel,
+                    "Redis no longer has this node's subscription (its connection was dropped); resubscribing"
+                );
+                metrics::counter!(m::SUBSCRIBER_RECONNECTS).increment(1);
+                self.subscribed.store(false, Ordering::Relaxed);
+                let _ = self.subscriber.force_reconnection().await;
+            }
+        }
+    }
+
     /// The subscriber's task: kicks for this node's sessions, and pushes
     /// routed to it.
     pub(super) async fn kick_listener(self: Arc<Self>) {

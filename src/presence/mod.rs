@@ -203,6 +203,7 @@ impl RedisPresence {
         tokio::spawn(this.clone().lease_loop());
         tokio::spawn(this.clone().cleanup_loop());
         tokio::spawn(this.clone().kick_listener());
+        tokio::spawn(this.clone().subscriber_watch());
         Ok(this)
     }
 
