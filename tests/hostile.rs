@@ -307,3 +307,73 @@ async fn a_ping_flood_is_throttled_then_closed_while_other_pings_are_answered() 
         Some(1.0)
     );
 }
+
+/// `skmem` of the gateway's established sockets on `port`: (tb, t+w) per
+/// socket: the send buffer size and the bytes queued in it.
+fn gateway_send_buffers(port: u16) -> Vec<(u64, u64)> {
+    let out = std::process::Command::new("ss")
+        .args([
+            "-tmnH",
+            "state",
+            "established",
+            "sport",
+            &format!("= :{port}"),
+        ])
+        .output()
+        .expect("ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("skmem:("))
+        .map(|m| {
+            let field = |k: &str| {
+                m.trim_end_matches(')')
+                    .split(',')
+                    .find_map(|f| f.strip_prefix(k))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            (field("tb"), field("t") + field("w"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_pins_kilobytes_of_kernel_memory() {
+    // 50 sessions that never read, 200 pushes of 1 KB each to all of them.
+    let gw = Miopd::start(&[
+        "--cores",
+        "2",
+        "--push-token",
+        "t",
+        "--slow-consumer",
+        "drop-oldest",
+        "--outbound-limit",
+        "65536",
+    ]);
+    let mut sleepers = Vec::new();
+    for i in 0..50 {
+        sleepers.push(gw.bound(&format!("sleeper-{i}")).await);
+    }
+    let payload = "x".repeat(1000);
+    for _ in 0..200 {
+        let (status, body) = gw.post(
+            "/v1/push",
+            &format!(r#"{{"to": "all", "payload": "{payload}", "ack": false}}"#),
+            Some("t"),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    wait_until(T, "the oldest queued pushes are dropped", || {
+        gw.metric("miop_outbound_dropped_total").unwrap_or(0.0) > 0.0
+    });
+    let bufs = gateway_send_buffers(gw.listen.port());
+    assert_eq!(bufs.len(), 50, "{bufs:?}");
+    // --sndbuf 16 KiB (the kernel doubles it): the kernel holds at most
+    // ~32 KiB per non-reader, not the ~4 MiB of an auto-tuned buffer.
+    let max_tb = bufs.iter().map(|b| b.0).max().unwrap();
+    let max_queued = bufs.iter().map(|b| b.1).max().unwrap();
+    println!("non-readers: send buffer {max_tb} B, queued at most {max_queued} B per socket");
+    assert!(max_tb <= 64 * 1024, "send buffer {max_tb}");
+    assert!(max_queued <= 64 * 1024, "queued {max_queued}");
+    drop(sleepers);
+}
