@@ -13,7 +13,12 @@ pub enum ClientError {
     #[error("server answered with error {code}: {message}")]
     Rejected { code: u16, message: String },
     #[error("server closed the session (reason {reason}): {message}")]
-    Closed { reason: u16, message: String },
+    Closed {
+        reason: u16,
+        message: String,
+        /// The Close's retry-after hint (revision 3, PROTOCOL.md §8.7), if any.
+        retry_after_ms: Option<u32>,
+    },
     #[error("server closed the connection")]
     Eof,
     #[error("connection ended in the middle of a frame")]

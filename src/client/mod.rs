@@ -46,11 +46,34 @@ pub struct Client {
     bind_ack: Option<BindAck>,
     /// Recently received push ids, to suppress duplicates (a message can be
     /// delivered again after a reconnect or from offline storage).
-    seen: VecDeque<u64>,
+    seen: RecentIds,
 }
 
 /// How many recent push ids are remembered for duplicate suppression.
 const SEEN_PUSHES: usize = 1024;
+
+/// The last [`SEEN_PUSHES`] push message ids, oldest first: a message can be
+/// delivered more than once (PROTOCOL.md §10.8), and the application should
+/// see it once. Shared by [`Client`] (one connection) and [`Session`] (across
+/// reconnects, which is where redeliveries come from).
+#[derive(Debug, Default)]
+pub(crate) struct RecentIds {
+    ids: VecDeque<u64>,
+}
+
+impl RecentIds {
+    pub(crate) fn contains(&self, id: u64) -> bool {
+        self.ids.contains(&id)
+    }
+
+    /// Remembers `id`, forgetting the oldest one beyond the window.
+    pub(crate) fn insert(&mut self, id: u64) {
+        if self.ids.len() == SEEN_PUSHES {
+            self.ids.pop_front();
+        }
+        self.ids.push_back(id);
+    }
+}
 
 impl Client {
     pub async fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
@@ -68,7 +91,7 @@ impl Client {
             next_seq: 1,
             pending: VecDeque::new(),
             bind_ack: None,
-            seen: VecDeque::new(),
+            seen: RecentIds::default(),
         }
     }
 
@@ -182,13 +205,10 @@ impl Client {
                         self.ack(p.message_id).await?;
                     }
                     // Acked again, but handed out once.
-                    if self.seen.contains(&p.message_id) {
+                    if self.seen.contains(p.message_id) {
                         continue;
                     }
-                    if self.seen.len() == SEEN_PUSHES {
-                        self.seen.pop_front();
-                    }
-                    self.seen.push_back(p.message_id);
+                    self.seen.insert(p.message_id);
                     return Ok(Some(p));
                 }
                 Body::Close(c) => return Err(closed(c)),
@@ -278,5 +298,6 @@ fn closed(c: Close) -> ClientError {
     ClientError::Closed {
         reason: c.reason,
         message: c.message,
+        retry_after_ms: c.retry_after_ms,
     }
 }
