@@ -16,6 +16,7 @@
 //! # Ok(()) }
 //! ```
 
+mod backoff;
 mod error;
 pub mod fleet;
 mod url;
@@ -27,6 +28,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
+pub use self::backoff::{Backoff, Jitter};
 pub use self::error::ClientError;
 pub use self::url::MiopUrl;
 use crate::protocol::{
