@@ -1,6 +1,18 @@
-//! A tokio client for the Miop protocol: connect, bind, ping, join and leave
-//! topics, receive pushes, acknowledge, close. The integration tests and the load generator use it;
-//! devices and backends can embed it.
+//! A tokio client for the Miop protocol, at two levels:
+//!
+//! - [`Client`]: one connection. Connect, bind, ping, join and leave topics,
+//!   receive pushes, acknowledge, close; every frame is visible, and when the
+//!   connection ends so does the client. The integration tests and the load
+//!   generator use it, to see exactly what the gateway sends.
+//! - [`Session`]: a device that stays reachable. It runs a `Client` in a task
+//!   and keeps it bound: it heartbeats, acknowledges, suppresses duplicate
+//!   pushes, and reconnects with jittered exponential backoff (honouring the
+//!   server's retry-after hint), rejoining its topics, or stops when the
+//!   protocol says retrying is wrong (replaced by another session, bad
+//!   credential); it reports every state change. Devices and the example
+//!   client use it; [`Session`] documents the policy.
+//!
+//! The low-level client:
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), miop::client::ClientError> {
@@ -19,6 +31,7 @@
 mod backoff;
 mod error;
 pub mod fleet;
+mod reconnect;
 mod url;
 
 use std::collections::VecDeque;
@@ -30,6 +43,10 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 
 pub use self::backoff::{Backoff, Jitter};
 pub use self::error::ClientError;
+pub use self::reconnect::{
+    Disconnect, Session, SessionConfig, SessionError, SessionEvent, SessionState, TopicsUpdate,
+    EVENT_BUFFER,
+};
 pub use self::url::MiopUrl;
 use crate::protocol::{
     decode_buf, Bind, BindAck, Body, Close, CloseReason, Credential, Frame, Push,
