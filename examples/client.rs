@@ -1,18 +1,21 @@
-//! A device in a terminal: binds with a `miop://DEVICE:KEY@host:port/` URL,
-//! heartbeats at the interval the server asks for, prints every push (and acks
-//! it), and closes cleanly on Ctrl-C.
+//! A device in a terminal: binds with a `miop://DEVICE:KEY@host:port/` URL
+//! and the topics given after it, and stays bound: it heartbeats, prints
+//! every push (acknowledged, each message once), reconnects with backoff when
+//! the gateway goes away and binds again with its topics, prints each state
+//! change, and closes cleanly on Ctrl-C. It stops by itself only when the
+//! gateway says retrying is pointless: another client bound the same device
+//! (REPLACED), or the key is wrong.
 //!
-//! `cargo run --example client -- miop://phone-1:pk@127.0.0.1:7700/`
+//! `cargo run --example client -- miop://phone-1:pk@127.0.0.1:7700/ [TOPIC...]`
 
-use std::time::Duration;
-
-use miop::client::{Client, MiopUrl};
-use miop::protocol::{Body, FLAG_ACK_REQUIRED};
+use miop::client::{MiopUrl, Session, SessionConfig, SessionState};
+use tokio::sync::broadcast::error::RecvError;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let arg = std::env::args()
-        .nth(1)
+    let mut args = std::env::args().skip(1);
+    let arg = args
+        .next()
         .unwrap_or_else(|| "miop://phone-1:pk@127.0.0.1:7700/".into());
     let url: MiopUrl = match arg.parse() {
         Ok(u) => u,
@@ -21,58 +24,47 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let mut client = match Client::connect(url.addr()).await {
-        Ok(c) => c,
+    let config = SessionConfig::from_url(&url).topics(args);
+    let mut session = match Session::start(config) {
+        Ok(s) => s,
         Err(e) => {
-            eprintln!("cannot connect to {}: {e}", url.addr());
-            std::process::exit(1);
+            eprintln!("{e}");
+            std::process::exit(2);
         }
     };
-    let ack = match client.bind_url(&url).await {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("bind refused: {e}");
-            std::process::exit(1);
-        }
-    };
-    println!(
-        "bound as {} (session {}); heartbeat every {} ms",
-        url.device_id, ack.session_id, ack.heartbeat_interval_ms
-    );
-    let mut beat = tokio::time::interval(Duration::from_millis(
-        ack.heartbeat_interval_ms.max(100) as u64
-    ));
-    beat.tick().await;
-    let mut seq = 1_000u32;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     loop {
         tokio::select! {
-            _ = beat.tick() => {
-                seq += 1;
-                if let Err(e) = client.send(&miop::protocol::Frame::ping(seq)).await {
-                    eprintln!("connection lost: {e}");
-                    std::process::exit(1);
-                }
+            Some(push) = session.pushes.recv() => {
+                println!("push {}: {}", push.message_id, String::from_utf8_lossy(&push.payload));
             }
-            frame = client.recv() => match frame {
-                Ok(Some(f)) => match f.body {
-                    Body::Pong => println!("pong {}", f.seq),
-                    Body::Push(p) => {
-                        println!("push {}: {}", p.message_id, String::from_utf8_lossy(&p.payload));
-                        if f.flags & FLAG_ACK_REQUIRED != 0 {
-                            let _ = client.ack(p.message_id).await;
-                        }
+            event = session.events.recv() => match event {
+                Ok(event) => match event.state {
+                    SessionState::Connecting { attempt: 0 } => {
+                        println!("connecting to {}", url.addr());
                     }
-                    Body::Close(c) => {
-                        println!("server closed the session: reason {} ({})", c.reason, c.message);
-                        return;
+                    SessionState::Connecting { attempt } => {
+                        println!("reconnecting (attempt {attempt})");
                     }
-                    other => println!("{other:?}"),
+                    SessionState::Bound { session_id, heartbeat_interval } => println!(
+                        "bound as {} (session {session_id}); heartbeat every {} ms",
+                        url.device_id,
+                        heartbeat_interval.as_millis()
+                    ),
+                    SessionState::Disconnected { reason, retry_in } => {
+                        println!("{reason}; retrying in {retry_in:.1?}");
+                    }
+                    SessionState::Stopped { reason } => {
+                        println!("stopped: {reason}");
+                        std::process::exit(1);
+                    }
                 },
-                Ok(None) => { println!("server closed the connection"); return; }
-                Err(e) => { eprintln!("connection error: {e}"); std::process::exit(1); }
+                Err(RecvError::Lagged(missed)) => println!("({missed} state changes missed)"),
+                Err(RecvError::Closed) => return,
             },
-            _ = tokio::signal::ctrl_c() => {
-                let _ = client.close().await;
+            _ = &mut ctrl_c => {
+                session.close().await;
                 println!("closed");
                 return;
             }
