@@ -544,3 +544,55 @@ async fn a_session_that_is_not_reading_still_sees_why_it_was_closed() {
     assert_eq!(next_push(&mut s).await.message_id, 1);
     assert!(s.next_push().await.is_none());
 }
+
+// --- backoff reset ----------------------------------------------------------------
+
+/// The `attempt` of every Connecting while a stand-in gateway binds the
+/// session and drops the connection at once, `binds` times.
+async fn attempts_against_a_flapping_gateway(reset_after: Duration, binds: u64) -> Vec<u32> {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let backoff = Backoff {
+        base: 5 * MS,
+        cap: 40 * MS,
+        reset_after,
+    };
+    let mut s = Session::start(config(addr, "flappy").backoff(backoff)).unwrap();
+    let mut log = Vec::new();
+    for id in 1..=binds {
+        let mut c = accept(&listener).await;
+        let (seq, _) = expect_bind(&mut c).await;
+        c.send(&bind_ack(seq, id, 30_000)).await.unwrap();
+        log.extend(until(&mut s, "bound", is_bound).await);
+    }
+    // The reconnect after the last drop.
+    log.extend(
+        until(&mut s, "a reconnect", |st| {
+            matches!(st, SessionState::Connecting { .. })
+        })
+        .await,
+    );
+    log.iter()
+        .filter_map(|e| match e.state {
+            SessionState::Connecting { attempt } => Some(attempt),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backoff_grows_while_binds_do_not_last_and_starts_over_after_one_that_did() {
+    // Dropped right after each BindAck: nothing reached reset_after, so the
+    // backoff keeps growing (a crash-looping or kicking gateway is not
+    // hammered at the base rate).
+    assert_eq!(
+        attempts_against_a_flapping_gateway(Duration::from_secs(60), 3).await,
+        [0, 1, 2, 3]
+    );
+    // With reset_after zero every bind lasted long enough: each reconnect is
+    // a first one again.
+    assert_eq!(
+        attempts_against_a_flapping_gateway(Duration::ZERO, 3).await,
+        [0, 1, 1, 1]
+    );
+}
