@@ -508,7 +508,18 @@ async fn join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_closed_as_a_slow_consumer() {
-    let gw = Miopd::start(&["--cores", "1", "--outbound-limit", "65536"]);
+    // A budget too large to matter: this is about the outbound queue (the
+    // inbound budget would slow this flooder down first; tests/hostile.rs).
+    let gw = Miopd::start(&[
+        "--cores",
+        "1",
+        "--outbound-limit",
+        "65536",
+        "--frames-per-sec",
+        "100000000",
+        "--bytes-per-sec",
+        "1000000000",
+    ]);
     let mut healthy = gw.bound("reader").await;
     // A small receive buffer so the kernel absorbs few Pongs for the flooder.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
