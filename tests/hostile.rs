@@ -151,6 +151,12 @@ async fn one_address_holding_many_connections_cannot_stop_others_from_binding() 
             _ => held.push(c),
         }
     }
+    println!(
+        "one address: {} of 400 connections held, {refusals} refused, hints {}..{} ms",
+        held.len(),
+        hints.iter().min().unwrap_or(&0),
+        hints.iter().max().unwrap_or(&0)
+    );
     assert!(
         (200..=300).contains(&refusals),
         "{refusals} refused of 400 (limit 100 per address, ~50 per core)"
@@ -268,6 +274,7 @@ async fn a_ping_flood_is_throttled_then_closed_while_other_pings_are_answered() 
             }
         }
     });
+    let flood_started = std::time::Instant::now();
     // Another session on the same core keeps getting answers.
     for _ in 0..10 {
         calm.ping()
@@ -295,6 +302,11 @@ async fn a_ping_flood_is_throttled_then_closed_while_other_pings_are_answered() 
     .await
     .expect("closed within 30 s")
     .expect("a Close frame");
+    println!(
+        "ping flood: closed RATE_LIMITED after {:.1} s (grace 2 s), throttled {} times",
+        flood_started.elapsed().as_secs_f64(),
+        gw.metric("miop_inbound_throttled_total").unwrap_or(0.0)
+    );
     assert_eq!(
         close.reason(),
         Some(miop::protocol::CloseReason::RateLimited)
