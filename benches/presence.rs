@@ -104,6 +104,8 @@ fn main() {
                 &format!("redis://127.0.0.1:{redis_port}"),
                 "--node-id",
                 "bench",
+                "--admin-token",
+                common::ADMIN_TOKEN,
             ])
             .env("MIOP_LOG", "warn")
             .stdout(Stdio::null())

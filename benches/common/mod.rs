@@ -43,9 +43,18 @@ pub fn rss_bytes(pid: u32) -> u64 {
 }
 
 /// `GET path` on an admin API; the body, if it answered.
+/// The admin token the benches give miopd.
+pub const ADMIN_TOKEN: &str = "bench-admin-token";
+
+/// `GET path` on the admin API (with the bench admin token): the body.
 pub fn get(admin: SocketAddr, path: &str) -> Option<String> {
     let mut s = std::net::TcpStream::connect(admin).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
+    // The benches start miopd with `--admin-token ADMIN_TOKEN` (for /v1 reads).
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
+    )
+    .ok()?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
     resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())

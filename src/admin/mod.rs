@@ -2,7 +2,9 @@
 //!
 //! This file: the router, `GET /healthz`, `GET /metrics` (Prometheus text)
 //! and `GET /v1/sessions/{device_id}` (a session's in-memory state), which
-//! answer from this node alone. `presence` serves the views of shared
+//! answer from this node alone. `auth` guards the `/v1/*` reads with a
+//! bearer token; `server` is the listener with its connection cap and
+//! timeouts. `presence` serves the views of shared
 //! presence (`/v1/presence/{device_id}`, `/v1/consistency`), which ask Redis;
 //! `POST /v1/push` is `crate::push::api`. It listens on loopback by default;
 //! nothing here walks sessions itself: lookups go through the gateway's
@@ -21,7 +23,12 @@ use serde_json::json;
 use crate::gateway::Gateway;
 use crate::presence::RedisPresence;
 
+mod auth;
 mod presence;
+mod server;
+
+pub use self::auth::ReadTokens;
+pub use self::server::{serve, AdminLimits};
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -31,16 +38,25 @@ pub struct AdminState {
     pub presence: Option<Arc<RedisPresence>>,
     /// Bearer token of the push API (None: push API disabled).
     pub push_token: Option<Arc<str>>,
+    /// Tokens that open the `/v1/*` reads (the admin token or the push token).
+    pub read_tokens: ReadTokens,
 }
 
 pub fn router(state: AdminState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+    let reads = Router::new()
         .route("/v1/sessions/{device_id}", get(session))
         .route("/v1/presence/{device_id}", get(presence::device))
         .route("/v1/consistency", get(presence::consistency))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.read_tokens.clone(),
+            auth::require_read_token,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        // The push API checks its own token (it answers with push metrics).
         .route("/v1/push", axum::routing::post(push))
+        .merge(reads)
         .with_state(state)
 }
 

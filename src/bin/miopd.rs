@@ -135,7 +135,7 @@ fn run(config: Config) -> Result<(), String> {
                 if let Some(rx) = unacked_rx {
                     tokio::spawn(p.clone().keep_unacked(rx));
                 }
-                tracing::info!(redis = %url, lease_ms = config.presence_lease.as_millis() as u64,
+                tracing::info!(redis = %miop::config::redact_url(url), lease_ms = config.presence_lease.as_millis() as u64,
                     "presence in Redis (connecting in the background; sessions never wait for it)");
                 Some(p)
             }
@@ -147,12 +147,16 @@ fn run(config: Config) -> Result<(), String> {
             metrics: metrics.clone(),
             presence,
             push_token: config.push_token.as_deref().map(Arc::from),
+            read_tokens: admin::ReadTokens {
+                admin: config.admin_token.as_deref().map(Arc::from),
+                push: config.push_token.as_deref().map(Arc::from),
+            },
         };
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(admin_listener, admin::router(state)).await {
-                tracing::error!(error = %e, "admin server stopped");
-            }
-        });
+        tokio::spawn(admin::serve(
+            admin_listener,
+            admin::router(state),
+            config.admin_limits,
+        ));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {

@@ -1,9 +1,13 @@
 //! miopd's configuration: command line, environment (`MIOP_*`) and an optional
 //! TOML file, in that order of precedence.
 
+mod admin_limits;
 mod limits;
+mod redact;
 
+pub use self::admin_limits::AdminLimits;
 pub use self::limits::{default_exempt, parse_exempt, Limits};
+pub use self::redact::redact_url;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -61,14 +65,31 @@ pub struct Cli {
     #[arg(long, env = "MIOP_PUSH_TOKEN", hide_env_values = true)]
     pub push_token: Option<String>,
 
+    /// Read-only bearer token for the admin API's /v1 reads (sessions,
+    /// presence, consistency); the push token opens them too. With neither,
+    /// those reads are disabled. /healthz and /metrics need no token.
+    #[arg(long, env = "MIOP_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Most admin API connections open at once; past it a connection gets
+    /// one 503 and is closed. Keep it below --fd-reserve.
+    #[arg(long, env = "MIOP_ADMIN_MAX_CONNS")]
+    pub admin_max_conns: Option<usize>,
+
+    /// Admin API timeout: for a request head (also the idle keep-alive
+    /// limit) and for a whole request, body included (408 past it).
+    #[arg(long, env = "MIOP_ADMIN_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub admin_timeout: Option<Duration>,
+
     /// Secret for HMAC device tokens (production mode; see docs/PROTOCOL.md).
     #[arg(long, env = "MIOP_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Option<String>,
 
     /// Redis for shared presence: redis://host:port, or redis-cluster://host:port
     /// for a Redis Cluster. Absent: standalone, with in-memory presence only.
-    /// Redis being down (even at start) never affects sessions.
-    #[arg(long, env = "MIOP_REDIS")]
+    /// Redis being down (even at start) never affects sessions. A password in
+    /// the URL (redis://:PASSWORD@host:port) is never logged.
+    #[arg(long, env = "MIOP_REDIS", hide_env_values = true)]
     pub redis: Option<String>,
 
     /// Presence lease: a node whose lease lapses for this long is considered
@@ -242,6 +263,10 @@ pub struct FileConfig {
     pub app_keys: Vec<String>,
     pub token_secret: Option<String>,
     pub push_token: Option<String>,
+    pub admin_token: Option<String>,
+    pub admin_max_conns: Option<usize>,
+    #[serde(default, with = "opt_duration")]
+    pub admin_timeout: Option<Duration>,
     pub redis: Option<String>,
     #[serde(default, with = "opt_duration")]
     pub presence_lease: Option<Duration>,
@@ -283,7 +308,9 @@ mod opt_duration {
 }
 
 /// The resolved configuration a node runs with.
-#[derive(Debug, Clone)]
+/// The resolved configuration. Its `Debug` leaves out the secrets (tokens,
+/// app keys, the token secret) and redacts the Redis URL's password.
+#[derive(Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
@@ -292,6 +319,8 @@ pub struct Config {
     pub app_keys: Vec<String>,
     pub token_secret: Option<String>,
     pub push_token: Option<String>,
+    pub admin_token: Option<String>,
+    pub admin_limits: AdminLimits,
     pub redis: Option<String>,
     pub presence_lease: Duration,
     pub slow_consumer: SlowConsumerPolicy,
@@ -301,6 +330,32 @@ pub struct Config {
     pub node_id: String,
     pub log_format: LogFormat,
     pub io: IoMode,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |o: &Option<String>| o.as_ref().map(|_| "<set>");
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("admin", &self.admin)
+            .field("cores", &self.cores)
+            .field("session", &self.session)
+            .field("app_keys", &self.app_keys.len())
+            .field("token_secret", &set(&self.token_secret))
+            .field("push_token", &set(&self.push_token))
+            .field("admin_token", &set(&self.admin_token))
+            .field("admin_limits", &self.admin_limits)
+            .field("redis", &self.redis.as_deref().map(redact_url))
+            .field("presence_lease", &self.presence_lease)
+            .field("slow_consumer", &self.slow_consumer)
+            .field("limits", &self.limits)
+            .field("backlog", &self.backlog)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("node_id", &self.node_id)
+            .field("log_format", &self.log_format)
+            .field("io", &self.io)
+            .finish()
+    }
 }
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7700";
@@ -444,6 +499,22 @@ impl Config {
             app_keys,
             token_secret: cli.token_secret.or(file.token_secret),
             push_token: cli.push_token.or(file.push_token).filter(|t| !t.is_empty()),
+            admin_token: cli
+                .admin_token
+                .or(file.admin_token)
+                .filter(|t| !t.is_empty()),
+            admin_limits: AdminLimits {
+                max_connections: cli
+                    .admin_max_conns
+                    .or(file.admin_max_conns)
+                    .unwrap_or(AdminLimits::default().max_connections)
+                    .max(1),
+                timeout: cli
+                    .admin_timeout
+                    .or(file.admin_timeout)
+                    .unwrap_or(AdminLimits::default().timeout)
+                    .max(Duration::from_millis(100)),
+            },
             slow_consumer: cli.slow_consumer.or(file.slow_consumer).unwrap_or_default(),
             redis: cli.redis.or(file.redis),
             presence_lease: cli

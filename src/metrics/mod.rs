@@ -61,6 +61,11 @@ pub const ADMISSION_REFUSALS: &str = "miop_admission_refusals_total";
 pub const INBOUND_THROTTLED: &str = "miop_inbound_throttled_total";
 pub const ACCEPT_PAUSES: &str = "miop_accept_pauses_total";
 pub const ACCEPT_PAUSED: &str = "miop_accept_paused_cores";
+pub const ADMIN_CONNECTIONS: &str = "miop_admin_connections";
+pub const ADMIN_REFUSED: &str = "miop_admin_connections_refused_total";
+pub const ADMIN_ACCEPT_ERRORS: &str = "miop_admin_accept_errors_total";
+pub const ADMIN_TIMEOUTS: &str = "miop_admin_request_timeouts_total";
+pub const ADMIN_UNAUTHORIZED: &str = "miop_admin_unauthorized_total";
 
 /// Installs the global Prometheus recorder and describes every metric.
 pub fn install() -> Result<PrometheusHandle, String> {
@@ -115,6 +120,23 @@ pub fn install() -> Result<PrometheusHandle, String> {
     describe_counter!(
         CORE_YIELDS,
         "Turns cut short to let I/O through (a broadcast, a burst of expiries or of ready connections)."
+    );
+    describe_gauge!(ADMIN_CONNECTIONS, "Open admin API connections.");
+    describe_counter!(
+        ADMIN_REFUSED,
+        "Admin API connections refused (503, closed) because --admin-max-conns were open."
+    );
+    describe_counter!(
+        ADMIN_ACCEPT_ERRORS,
+        "accept() failures of the admin listener, by errno name."
+    );
+    describe_counter!(
+        ADMIN_TIMEOUTS,
+        "Admin API requests answered 408 because they were not completed within --admin-timeout."
+    );
+    describe_counter!(
+        ADMIN_UNAUTHORIZED,
+        "Admin API reads (/v1/sessions, /v1/presence, /v1/consistency) refused for a missing (401) or wrong (403) bearer token; refused pushes count in miop_pushes_total{result=\"unauthorized\"}."
     );
     describe_counter!(
         ADMISSION_REFUSALS,

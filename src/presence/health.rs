@@ -37,7 +37,7 @@ impl RedisPresence {
         {
             *startup_warned = true;
             tracing::warn!(
-                redis = %self.settings.url,
+                redis = %crate::config::redact_url(&self.settings.url),
                 "Redis is unreachable at start-up; serving with presence in memory only until it is back"
             );
         }

@@ -120,8 +120,12 @@ impl RedisPresence {
             .presence_feed()
             .cloned()
             .ok_or("the gateway was started without a presence feed")?;
-        let config = Config::from_url(&settings.url)
-            .map_err(|e| format!("invalid --redis URL {}: {e}", settings.url))?;
+        let config = Config::from_url(&settings.url).map_err(|e| {
+            format!(
+                "invalid --redis URL {}: {e}",
+                crate::config::redact_url(&settings.url)
+            )
+        })?;
         let mut policy = ReconnectPolicy::new_exponential(0, 100, 5_000, 2);
         policy.set_jitter(200);
         let timeout = settings.command_timeout;

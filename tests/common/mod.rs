@@ -21,6 +21,8 @@ use miop::client::{Client, ClientError};
 use miop::protocol::{Body, Credential, Frame};
 
 pub const KEY: &str = "pk";
+/// The admin token every test gateway gets (`get` and `try_get` send it).
+pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 pub struct Miopd {
     child: Child,
@@ -74,6 +76,8 @@ impl Miopd {
             "127.0.0.1:0",
             "--app-key",
             KEY,
+            "--admin-token",
+            ADMIN_TOKEN,
         ])
         .args(&opts.args)
         .env("MIOP_LOG", "debug")
@@ -165,9 +169,17 @@ impl Miopd {
     /// Like `get`, but `None` when the admin API cannot answer (e.g. while the
     /// process is out of file descriptors).
     pub fn try_get(&self, path: &str) -> Option<(u16, String)> {
+        self.try_get_as(path, Some(ADMIN_TOKEN))
+    }
+
+    /// `GET path` with the given bearer token (or none).
+    pub fn try_get_as(&self, path: &str, token: Option<&str>) -> Option<(u16, String)> {
         let mut s = self.admin_stream().ok()?;
         s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n{auth}\r\n").ok()?;
         let mut resp = String::new();
         s.read_to_string(&mut resp).ok()?;
         let status = resp.split_whitespace().nth(1)?.parse().ok()?;

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 pub struct Redis {
     child: Option<Child>,
     pub port: u16,
+    /// `requirepass`, if any (then in `url()` and given to redis-cli).
+    password: Option<String>,
 }
 
 fn free_port() -> u16 {
@@ -22,6 +24,18 @@ impl Redis {
         let mut r = Redis {
             child: None,
             port: free_port(),
+            password: None,
+        };
+        r.spawn();
+        r
+    }
+
+    /// A Redis that requires `password` (AUTH).
+    pub fn start_with_password(password: &str) -> Redis {
+        let mut r = Redis {
+            child: None,
+            port: free_port(),
+            password: Some(password.to_owned()),
         };
         r.spawn();
         r
@@ -32,6 +46,7 @@ impl Redis {
         Redis {
             child: None,
             port: free_port(),
+            password: None,
         }
     }
 
@@ -47,6 +62,11 @@ impl Redis {
                 "--appendonly",
                 "no",
             ])
+            .args(
+                self.password
+                    .iter()
+                    .flat_map(|p| ["--requirepass".to_string(), p.clone()]),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -64,7 +84,10 @@ impl Redis {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -92,6 +115,11 @@ impl Redis {
     pub fn cli(&self, args: &[&str]) -> String {
         Command::new("redis-cli")
             .args(["-p", &self.port.to_string()])
+            .args(
+                self.password
+                    .iter()
+                    .flat_map(|p| ["--no-auth-warning", "-a", p.as_str()]),
+            )
             .args(args)
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
