@@ -324,6 +324,11 @@ pub fn init_zero(presence: bool, io: &'static str) {
         for k in ["devices", "fanout"] {
             counter!(PUSHES_ROUTED, "kind" => k).increment(0);
         }
+        // Pushes answered 503 because Redis did not answer (push/api.rs).
+        for kind in ["device", "devices", "topic", "all"] {
+            counter!(PUSHES, "kind" => kind, "result" => "unavailable").increment(0);
+        }
+        counter!(PUSH_RECIPIENTS, "outcome" => "unavailable").increment(0);
         gauge!(PRESENCE_QUEUE).set(0.0);
         gauge!(PRESENCE_LAG).set(0.0);
     }

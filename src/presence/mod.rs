@@ -239,6 +239,12 @@ impl RedisPresence {
         &self.client
     }
 
+    /// The timeout of one Redis command (`RedisSettings::command_timeout`);
+    /// the push API gives the Redis part of one push this much in all.
+    pub(crate) fn command_timeout(&self) -> Duration {
+        self.settings.command_timeout
+    }
+
     /// The gateway's facade.
     pub(crate) fn gateway(&self) -> &Arc<Gateway> {
         &self.gateway

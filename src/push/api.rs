@@ -21,8 +21,10 @@ use axum::Json;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::RoutedPush;
-use crate::gateway::{Gateway, PushTo};
+use std::time::Duration;
+
+use super::{Deadline, RoutedPush};
+use crate::gateway::{Gateway, PushTo, RateLimitedLog};
 use crate::metrics as m;
 use crate::presence::RedisPresence;
 use crate::protocol::{HEADER_LEN, MAX_DEVICE_ID_LEN, MAX_FRAME_LEN, MAX_TOPIC_LEN};
@@ -218,42 +220,47 @@ pub async fn handle(
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
     let mut report = local.report;
-    let mut nodes = 0;
+    let mut nodes = None;
+    // Devices whose message Redis could not take: with a TTL, neither
+    // delivered nor kept (`not_stored`); without, not routed to whichever
+    // node may hold them (`not_routed`).
+    let mut failed: Vec<String> = Vec::new();
+    let mut failure: Option<String> = None;
+    let ttl = req.ttl.filter(|t| *t > 0);
     // With shared presence, what is not held here goes to the node that holds
     // it; topic pushes and broadcasts go to every node.
     if let Some(p) = presence {
         let mut msg = RoutedPush::new(id, req.ack, &req.payload, &gateway.node_id, &req.to);
         msg.keep_until_ms = keep_until_ms;
+        let deadline = Deadline::after(p.command_timeout());
         match &req.to {
             PushTo::Devices(_) if !local.not_here.is_empty() => {
-                match p.route(&msg, local.not_here).await {
-                    Ok((routed, nowhere)) => {
-                        report.delivered += routed;
-                        report.unknown -= routed;
-                        // Online nowhere: keep it for them if the push has a TTL.
-                        if let Some(ttl) = req.ttl.filter(|t| *t > 0 && !nowhere.is_empty()) {
-                            match p.store_offline(&msg, ttl, &nowhere).await {
-                                Ok(n) => {
-                                    report.offline += n;
-                                    report.unknown -= n;
-                                }
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "cannot keep an offline message")
-                                }
-                            }
-                        }
+                let r = p.route(&msg, local.not_here, deadline).await;
+                report.delivered += r.routed;
+                failed = r.failed;
+                failure = r.error;
+                // `unknown` only counts what Redis says is online nowhere.
+                report.unknown = r.nowhere.len() as u64;
+                // Online nowhere: keep it for them if the push has a TTL.
+                if let Some(ttl) = ttl.filter(|_| !r.nowhere.is_empty()) {
+                    let s = p.store_offline(&msg, ttl, &r.nowhere, deadline).await;
+                    report.offline += s.stored;
+                    report.unknown = 0;
+                    failed.extend(s.failed);
+                    if let Some(e) = s.error {
+                        failure.get_or_insert_with(|| {
+                            format!("keeping the message for offline devices: {e}")
+                        });
                     }
-                    Err(e) => tracing::warn!(error = %e, "cannot route a push through Redis"),
                 }
             }
-            PushTo::Topic(_) | PushTo::All => match p.fan_out(&msg).await {
-                Ok(n) => nodes = n,
-                Err(e) => tracing::warn!(error = %e, "cannot fan a push out through Redis"),
+            PushTo::Topic(_) | PushTo::All => match p.fan_out(&msg, deadline).await {
+                Ok(n) => nodes = Some(n),
+                Err(e) => failure = Some(format!("publishing to the other nodes: {e}")),
             },
             _ => {}
         }
     }
-    let single = req.kind == "device";
     metrics::counter!(m::PUSH_RECIPIENTS, "outcome" => "delivered").increment(report.delivered);
     metrics::counter!(m::PUSH_RECIPIENTS, "outcome" => "unknown").increment(report.unknown);
     let mut body = json!({
@@ -262,11 +269,38 @@ pub async fn handle(
         "offline": report.offline,
         "unknown": report.unknown,
     });
-    if matches!(req.to, PushTo::Topic(_) | PushTo::All) && presence.is_some() {
-        // Other nodes deliver to their own sessions; their counts are not known here.
-        body["other_nodes"] = json!(nodes);
+    if let Some(cause) = failure {
+        // Redis did not answer for part of the push: say so, with what did
+        // happen, so the caller can retry the rest.
+        let reason = format!("Redis unavailable: {cause}");
+        metrics::counter!(m::PUSHES, "kind" => req.kind, "result" => "unavailable").increment(1);
+        metrics::counter!(m::PUSH_RECIPIENTS, "outcome" => "unavailable")
+            .increment(failed.len() as u64);
+        UNAVAILABLE_LOG.lock().unwrap().warn(|suppressed| {
+            tracing::warn!(
+                id = report.id,
+                kind = req.kind,
+                delivered = report.delivered,
+                devices_affected = failed.len(),
+                suppressed,
+                "push answered 503: {reason}"
+            )
+        });
+        body["error"] = json!(reason);
+        if addressed {
+            body[if ttl.is_some() {
+                "not_stored"
+            } else {
+                "not_routed"
+            }] = json!(failed);
+        }
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
-    if single && report.delivered == 0 && report.offline == 0 {
+    if let Some(n) = nodes {
+        // Other nodes deliver to their own sessions; their counts are not known here.
+        body["other_nodes"] = json!(n);
+    }
+    if req.kind == "device" && report.delivered == 0 && report.offline == 0 {
         metrics::counter!(m::PUSHES, "kind" => req.kind, "result" => "not_found").increment(1);
         body["error"] = json!(if presence.is_some() {
             "device is not online (give a \"ttl\" to keep the message until it binds)"
@@ -278,6 +312,13 @@ pub async fn handle(
     metrics::counter!(m::PUSHES, "kind" => req.kind, "result" => "ok").increment(1);
     Json(body).into_response()
 }
+
+/// One WARN line per 10 s for pushes answered 503 because Redis did not
+/// answer (the others are counted in the next line's `suppressed`).
+static UNAVAILABLE_LOG: std::sync::LazyLock<std::sync::Mutex<RateLimitedLog>> =
+    std::sync::LazyLock::new(|| {
+        std::sync::Mutex::new(RateLimitedLog::new(Duration::from_secs(10)))
+    });
 
 #[cfg(test)]
 mod tests {

@@ -21,8 +21,64 @@ mod routing;
 pub use routing::RoutedPush;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::presence::{PushEvents, RedisPresence};
+
+/// The time the Redis part of one push may take, all commands together.
+/// Each command is given what is left as fred's own per-command timeout
+/// (not a `tokio::time::timeout` around it: a command fred times out is
+/// marked so and never written late, so a push answered "not stored" is not
+/// stored behind the caller's back), and none is started once it is spent.
+/// fred's timeout runs on the reply, so it covers a hung server (SIGSTOP,
+/// connection open, no answer) as well as a dead one (commands queued while
+/// it reconnects).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline {
+    at: tokio::time::Instant,
+    total: Duration,
+}
+
+impl Deadline {
+    pub(crate) fn after(total: Duration) -> Deadline {
+        Deadline {
+            at: tokio::time::Instant::now() + total,
+            total,
+        }
+    }
+
+    /// Options giving the next command what is left of the budget, or the
+    /// reason it cannot be started.
+    pub(crate) fn options(&self) -> Result<fred::prelude::Options, String> {
+        let left = self
+            .at
+            .saturating_duration_since(tokio::time::Instant::now());
+        // fred reads a zero timeout as "none".
+        if left < Duration::from_millis(1) {
+            return Err(format!("no answer within {} ms", self.total.as_millis()));
+        }
+        Ok(fred::prelude::Options {
+            timeout: Some(left),
+            ..Default::default()
+        })
+    }
+}
+
+/// A Redis failure in a few words, for the push API's answer and the log:
+/// fred's error kind and details (they name neither the URL nor its
+/// password), shortened.
+pub(crate) fn cause(e: &fred::error::Error) -> String {
+    let mut s = e.to_string();
+    if s.len() > 160 {
+        let mut end = 160;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
 
 /// Delivers on this node what presence hears: pushes that other nodes routed
 /// here, and the offline messages of devices that just bound here. miopd

@@ -11,9 +11,10 @@ use fred::prelude::*;
 use futures_util::future::join_all;
 use serde::Serialize;
 
-use super::RoutedPush;
+use super::{cause, Deadline, RoutedPush};
 use crate::metrics as m;
 use crate::presence::{keys, Fred, RedisPresence};
+use fred::types::CustomCommand;
 
 impl RedisPresence {
     /// Stores the unacked pushes of ended sessions as offline messages, so
@@ -36,10 +37,15 @@ impl RedisPresence {
                     self.me(),
                     &crate::gateway::PushTo::Devices(Vec::new()),
                 );
-                if let Err(e) = self
-                    .store_offline(&msg, left_ms.div_ceil(1000), &[h.device_id.to_string()])
-                    .await
-                {
+                let kept = self
+                    .store_offline(
+                        &msg,
+                        left_ms.div_ceil(1000),
+                        &[h.device_id.to_string()],
+                        Deadline::after(self.command_timeout()),
+                    )
+                    .await;
+                if let Some(e) = kept.error {
                     self.warn("cannot keep an unacked push offline", &e);
                 }
             }
@@ -57,6 +63,17 @@ struct OfflineEntry {
     payload_b64: String,
 }
 
+/// What became of the devices handed to [`RedisPresence::store_offline`].
+#[derive(Debug, Default)]
+pub(crate) struct Stored {
+    /// Devices the message was kept for.
+    pub stored: u64,
+    /// Devices it was not kept for.
+    pub failed: Vec<String>,
+    /// Why, for the first failure.
+    pub error: Option<String>,
+}
+
 /// Most messages kept per offline device (the oldest are dropped first).
 pub const MAX_OFFLINE_PER_DEVICE: usize = 100;
 
@@ -67,13 +84,16 @@ fn unix_ms() -> u64 {
 }
 
 impl RedisPresence {
-    /// Keeps a push for devices that are online nowhere, for `ttl_secs`.
-    pub async fn store_offline(
+    /// Keeps a push for devices that are online nowhere, for `ttl_secs`,
+    /// within `deadline`. Returns the devices it was kept for (in order) and
+    /// the first failure, if any: the other devices' message was not kept.
+    pub(crate) async fn store_offline(
         &self,
         message: &RoutedPush,
         ttl_secs: u64,
         devices: &[String],
-    ) -> Fred<u64> {
+        deadline: Deadline,
+    ) -> Stored {
         let ttl_ms = ttl_secs.max(1) * 1000;
         // The list outlives its messages (2 × TTL, at least TTL + 60 s), so a
         // device that comes back finds its expired messages and they are
@@ -86,11 +106,26 @@ impl RedisPresence {
             payload_b64: message.payload_b64.clone(),
         })
         .expect("offline entry serializes");
+        let mut out = Stored::default();
+        let client = match deadline.options() {
+            Ok(o) => self.redis().with_options(&o),
+            Err(e) => {
+                out.failed = devices.to_vec();
+                out.error = Some(e);
+                return out;
+            }
+        };
+        // EVAL as a custom command: fred's `eval` does not take per-command
+        // options (its LuaInterface is not implemented for WithOptions).
         let results = join_all(devices.iter().map(|d| {
-            self.redis().eval::<i64, _, _, _>(
-                keys::STORE_OFFLINE,
-                keys::offline(d),
+            let key = keys::offline(d);
+            let slot = fred::util::redis_keyslot(key.as_bytes());
+            client.custom::<i64, String>(
+                CustomCommand::new_static("EVAL", Some(slot), false),
                 vec![
+                    keys::STORE_OFFLINE.to_owned(),
+                    "1".to_owned(),
+                    key,
                     entry.clone(),
                     MAX_OFFLINE_PER_DEVICE.to_string(),
                     keep_ms.to_string(),
@@ -98,13 +133,17 @@ impl RedisPresence {
             )
         }))
         .await;
-        let mut stored = 0;
-        for r in results {
-            r?;
-            stored += 1;
+        for (d, r) in devices.iter().zip(results) {
+            match r {
+                Ok(_) => out.stored += 1,
+                Err(e) => {
+                    out.error.get_or_insert_with(|| cause(&e));
+                    out.failed.push(d.clone());
+                }
+            }
         }
-        metrics::counter!(m::OFFLINE_STORED).increment(stored);
-        Ok(stored)
+        metrics::counter!(m::OFFLINE_STORED).increment(out.stored);
+        out
     }
 
     /// Delivers, in order, what was kept for devices that just came online

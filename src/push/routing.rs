@@ -10,59 +10,119 @@ use fred::prelude::*;
 use futures_util::future::join_all;
 use serde::Serialize;
 
+use super::{cause, Deadline};
 use crate::metrics as m;
-use crate::presence::{keys, Fred, RedisPresence, BATCH};
+use crate::presence::{keys, RedisPresence, BATCH};
+
+/// What became of the devices handed to [`RedisPresence::route`].
+#[derive(Debug, Default)]
+pub(crate) struct Routed {
+    /// Devices published to the node Redis says holds them.
+    pub routed: u64,
+    /// Devices Redis says are online nowhere.
+    pub nowhere: Vec<String>,
+    /// Devices Redis could not be asked about, or whose publish to their
+    /// node failed: whether they got the message is not known.
+    pub failed: Vec<String>,
+    /// Why, for the first failure.
+    pub error: Option<String>,
+}
 
 impl RedisPresence {
     /// Routes a push for devices not held here to the nodes Redis says hold
-    /// them. Returns how many devices were routed.
-    pub async fn route(
+    /// them, within `deadline`. After the first failure nothing more is
+    /// tried: the remaining devices are `failed` too.
+    pub(crate) async fn route(
         &self,
         message: &RoutedPush,
         devices: Vec<String>,
-    ) -> Fred<(u64, Vec<String>)> {
-        let mut nowhere = Vec::new();
+        deadline: Deadline,
+    ) -> Routed {
+        let mut out = Routed::default();
         let mut by_node: std::collections::HashMap<String, Vec<String>> =
             std::collections::HashMap::new();
-        for chunk in devices.chunks(BATCH) {
-            let holders = join_all(chunk.iter().map(|d| {
-                self.redis()
-                    .hget::<Option<String>, _, _>(keys::device(d), "node")
-            }))
+        let mut chunks = devices.chunks(BATCH);
+        while let Some(chunk) = chunks.next() {
+            let client = match deadline.options() {
+                Ok(o) => self.redis().with_options(&o),
+                Err(e) => {
+                    out.error = Some(format!("looking up where the devices are online: {e}"));
+                    out.failed.extend(chunk.iter().cloned());
+                    break;
+                }
+            };
+            let holders = join_all(
+                chunk
+                    .iter()
+                    .map(|d| client.hget::<Option<String>, _, _>(keys::device(d), "node")),
+            )
             .await;
             for (d, h) in chunk.iter().zip(holders) {
-                match h? {
-                    Some(node) if node != self.me() => {
+                match h {
+                    Ok(Some(node)) if node != self.me() => {
                         by_node.entry(node).or_default().push(d.clone())
                     }
-                    _ => nowhere.push(d.clone()),
+                    Ok(_) => out.nowhere.push(d.clone()),
+                    Err(e) => {
+                        out.error.get_or_insert_with(|| {
+                            format!("looking up where the devices are online: {}", cause(&e))
+                        });
+                        out.failed.push(d.clone());
+                    }
                 }
             }
+            if out.error.is_some() {
+                break;
+            }
         }
-        let mut routed = 0;
+        for rest in chunks {
+            out.failed.extend(rest.iter().cloned());
+        }
         for (node, devices) in by_node {
+            if out.error.is_some() {
+                out.failed.extend(devices);
+                continue;
+            }
             let n = devices.len() as u64;
             let msg = RoutedPush {
                 devices: Some(devices),
                 ..message.clone()
             };
-            let _: i64 = self
-                .redis()
-                .spublish(keys::push_channel(&node), msg.to_json())
-                .await?;
-            routed += n;
+            let sent = match deadline.options() {
+                Ok(o) => self
+                    .redis()
+                    .with_options(&o)
+                    .spublish::<i64, _, _>(keys::push_channel(&node), msg.to_json())
+                    .await
+                    .map_err(|e| cause(&e)),
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(_) => out.routed += n,
+                Err(e) => {
+                    out.error = Some(format!("routing to the node holding the device: {e}"));
+                    out.failed.extend(msg.devices.unwrap_or_default());
+                }
+            }
         }
-        metrics::counter!(m::PUSHES_ROUTED, "kind" => "devices").increment(routed);
-        Ok((routed, nowhere))
+        metrics::counter!(m::PUSHES_ROUTED, "kind" => "devices").increment(out.routed);
+        out
     }
 
-    /// Sends a topic push or a broadcast to every other node. Returns how many
-    /// other nodes were listening.
-    pub async fn fan_out(&self, message: &RoutedPush) -> Fred<u64> {
+    /// Sends a topic push or a broadcast to every other node, within
+    /// `deadline`. Returns how many other nodes were listening, or why it
+    /// could not be published.
+    pub(crate) async fn fan_out(
+        &self,
+        message: &RoutedPush,
+        deadline: Deadline,
+    ) -> Result<u64, String> {
         let receivers: i64 = self
             .redis()
+            .with_options(&deadline.options()?)
             .publish(keys::FANOUT, message.to_json())
-            .await?;
+            .await
+            .map_err(|e| cause(&e))?;
         let others = (receivers.max(1) - 1) as u64; // this node hears it too
         metrics::counter!(m::PUSHES_ROUTED, "kind" => "fanout").increment(1);
         Ok(others)
