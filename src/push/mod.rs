@@ -66,8 +66,24 @@ impl Deadline {
 
 /// A Redis failure in a few words, for the push API's answer and the log:
 /// fred's error kind and details (they name neither the URL nor its
-/// password), shortened.
-pub(crate) fn cause(e: &fred::error::Error) -> String {
+/// password), shortened; a timeout says how long it waited and whether the
+/// client was connected at all (a dead server) or not (a hung one).
+pub(crate) fn cause(
+    e: &fred::error::Error,
+    presence: &RedisPresence,
+    deadline: &Deadline,
+) -> String {
+    if *e.kind() == fred::error::ErrorKind::Timeout {
+        return format!(
+            "no answer within {} ms{}",
+            deadline.total.as_millis(),
+            if fred::prelude::ClientLike::is_connected(presence.redis()) {
+                ""
+            } else {
+                " (not connected)"
+            }
+        );
+    }
     let mut s = e.to_string();
     if s.len() > 160 {
         let mut end = 160;

@@ -137,7 +137,7 @@ impl RedisPresence {
             match r {
                 Ok(_) => out.stored += 1,
                 Err(e) => {
-                    out.error.get_or_insert_with(|| cause(&e));
+                    out.error.get_or_insert_with(|| cause(&e, self, &deadline));
                     out.failed.push(d.clone());
                 }
             }

@@ -65,7 +65,10 @@ impl RedisPresence {
                     Ok(_) => out.nowhere.push(d.clone()),
                     Err(e) => {
                         out.error.get_or_insert_with(|| {
-                            format!("looking up where the devices are online: {}", cause(&e))
+                            format!(
+                                "looking up where the devices are online: {}",
+                                cause(&e, self, &deadline)
+                            )
                         });
                         out.failed.push(d.clone());
                     }
@@ -94,7 +97,7 @@ impl RedisPresence {
                     .with_options(&o)
                     .spublish::<i64, _, _>(keys::push_channel(&node), msg.to_json())
                     .await
-                    .map_err(|e| cause(&e)),
+                    .map_err(|e| cause(&e, self, &deadline)),
                 Err(e) => Err(e),
             };
             match sent {
@@ -122,7 +125,7 @@ impl RedisPresence {
             .with_options(&deadline.options()?)
             .publish(keys::FANOUT, message.to_json())
             .await
-            .map_err(|e| cause(&e))?;
+            .map_err(|e| cause(&e, self, &deadline))?;
         let others = (receivers.max(1) - 1) as u64; // this node hears it too
         metrics::counter!(m::PUSHES_ROUTED, "kind" => "fanout").increment(1);
         Ok(others)
