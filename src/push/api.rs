@@ -12,7 +12,39 @@
 //! wrong: 401 without a bearer token, 403 with a wrong one (or when the push
 //! API is disabled because no --push-token is set), 400 for bad JSON or
 //! targets, 413 for an oversized payload or target list, 404 when the one
-//! device addressed is not online.
+//! device addressed is not online (and no `ttl` kept it).
+//!
+//! The push is first delivered to the sessions held here; with `--redis`,
+//! the devices not held here are looked up and routed to the node holding
+//! them, those online nowhere are kept offline if the push has a `ttl`, and
+//! topic pushes and broadcasts are published to every node. `unknown` only
+//! counts devices that Redis reported as online nowhere (and not kept).
+//!
+//! **No silent loss.** When Redis cannot answer for that part (an error, a
+//! dead or hung server), the answer is **503**, never a 404 or a 200 hiding
+//! the failure:
+//!
+//! ```text
+//! → 503 {"error": "Redis unavailable: <what>: <short cause>", "id", "delivered",
+//!        "offline", "unknown",
+//!        "not_stored": [IDs]   (device targets with a ttl: neither delivered nor kept)
+//!      | "not_routed": [IDs]}  (device targets without a ttl: may be online elsewhere)
+//! ```
+//!
+//! Local deliveries that happened are still counted in `delivered`, so the
+//! caller can retry just the devices listed. A topic push or broadcast whose
+//! publish failed answers 503 with the local counts and no `other_nodes`. A
+//! push that needs nothing from Redis (every device addressed is bound here)
+//! answers as usual while Redis is down. All Redis commands of one push
+//! share one command timeout (2 s in miopd), so the answer comes within
+//! about that time whether Redis is dead or hung. A command still queued
+//! (Redis down, reconnecting) when its time runs out is never sent later;
+//! one already written to a hung server may still run if it resumes, so a
+//! device listed in `not_stored` whose push the caller retries can, rarely,
+//! get the message twice (delivery is at-least-once). Each such 503 is counted in
+//! `miop_pushes_total{result="unavailable"}` (its devices in
+//! `miop_push_recipients_total{outcome="unavailable"}`) and logged at WARN
+//! (one line per 10 s, with the number suppressed).
 
 use axum::body::Bytes as Body;
 use axum::http::{HeaderMap, StatusCode};

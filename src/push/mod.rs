@@ -27,9 +27,10 @@ use crate::presence::{PushEvents, RedisPresence};
 
 /// The time the Redis part of one push may take, all commands together.
 /// Each command is given what is left as fred's own per-command timeout
-/// (not a `tokio::time::timeout` around it: a command fred times out is
-/// marked so and never written late, so a push answered "not stored" is not
-/// stored behind the caller's back), and none is started once it is spent.
+/// (not a `tokio::time::timeout` around it: a command fred times out while
+/// still queued, e.g. during a reconnect, is marked so and never written
+/// late; one already written to a hung server can still run when it
+/// resumes), and none is started once the budget is spent.
 /// fred's timeout runs on the reply, so it covers a hung server (SIGSTOP,
 /// connection open, no answer) as well as a dead one (commands queued while
 /// it reconnects).

@@ -42,7 +42,7 @@ impl RedisPresence {
         let mut by_node: std::collections::HashMap<String, Vec<String>> =
             std::collections::HashMap::new();
         let mut chunks = devices.chunks(BATCH);
-        while let Some(chunk) = chunks.next() {
+        for chunk in chunks.by_ref() {
             let client = match deadline.options() {
                 Ok(o) => self.redis().with_options(&o),
                 Err(e) => {
