@@ -211,3 +211,66 @@ async fn a_killed_redis_is_a_503_and_a_restarted_one_stores_again() {
     wait_until(T, "presence restored", || consistent(&a, 1));
     stored_once_redis_is_back(&a).await;
 }
+
+/// Redis answers, but with an error, for one step of the push (an ACL takes
+/// the command away from the gateway's user): the lookup succeeds, then
+/// keeping the message, or publishing it to the node holding the device,
+/// fails. Both are a 503 naming the device, with Redis's own words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_error_while_storing_or_routing_is_a_503() {
+    let redis = Redis::start();
+    let (a, b) = (node(&redis, "A"), node(&redis, "B"));
+    redis_up(&a, true);
+    let mut on_b = b.bound("on-b").await;
+    wait_until(T, "presence synced", || consistent(&b, 1));
+
+    // Keeping fails: EVAL refused (the lookup, HGET, still works).
+    assert_eq!(
+        redis.cli(&["ACL", "SETUSER", "default", "-eval"]).trim(),
+        "OK"
+    );
+    let (status, r) = push(
+        &a,
+        r#"{"to": {"devices": ["on-b", "away"]}, "payload": "x", "ttl": 60}"#,
+    );
+    assert_eq!(status, 503, "{r}");
+    unavailable(&r);
+    let e = r["error"].as_str().unwrap();
+    assert!(
+        e.contains("keeping the message for offline devices") && e.contains("NOPERM"),
+        "{r}"
+    );
+    // on-b was routed to B; away was neither delivered nor kept.
+    assert_eq!(counts(&r), (1, 0, 0), "{r}");
+    assert_eq!(r["not_stored"], json!(["away"]), "{r}");
+    let (id, _) = next_push(&mut on_b).await;
+    assert_eq!(id, r["id"].as_u64().unwrap());
+    assert_eq!(
+        redis.cli(&["ACL", "SETUSER", "default", "+eval"]).trim(),
+        "OK"
+    );
+
+    // Routing fails: SPUBLISH to B's channel refused.
+    assert_eq!(
+        redis
+            .cli(&["ACL", "SETUSER", "default", "-spublish"])
+            .trim(),
+        "OK"
+    );
+    let (status, r) = push(&a, r#"{"to": {"device": "on-b"}, "payload": "y"}"#);
+    assert_eq!(status, 503, "{r}");
+    unavailable(&r);
+    let e = r["error"].as_str().unwrap();
+    assert!(
+        e.contains("routing to the node holding the device") && e.contains("NOPERM"),
+        "{r}"
+    );
+    assert_eq!(counts(&r), (0, 0, 0), "{r}");
+    assert_eq!(r["not_routed"], json!(["on-b"]), "{r}");
+    assert_eq!(
+        redis
+            .cli(&["ACL", "SETUSER", "default", "+spublish"])
+            .trim(),
+        "OK"
+    );
+}
