@@ -1,0 +1,486 @@
+#!/usr/bin/env python3
+"""N sessions on this machine with one command (benches/c1m.sh runs this).
+
+What it takes to hold a million Miop sessions on one host, done for you:
+
+1. checks the sysctls a big loopback run needs (ephemeral port range,
+   somaxconn, SYN backlog) and applies what it can, saying what it changed;
+2. starts as many miopd processes as the fd limit requires (one process may
+   hold ~20k fds here), `--cores 1` each so a 2-core box is not shared by
+   hundreds of threads, plus a private Redis when presence is measured;
+3. runs miop-bench over enough loopback source addresses that the kernel's
+   ephemeral-port search never becomes the bottleneck (~5,000 connections
+   per address, as platform-facts recommends);
+4. samples every second the CPU and RSS of each process group (gateways,
+   load generator, Redis), the kernel's slab and the bound sessions;
+5. optionally kills Redis for a while during the hold and measures how long
+   presence takes to be consistent again, and checks `/v1/consistency` on
+   every gateway at the end;
+   (the hold must be long enough: bound + --outage-after + outage +
+   convergence);
+6. tears everything down by PID, also on Ctrl-C, and writes
+   target/c1m/{c1m.json, gateways.html, run.json, run.html, summary.txt}.
+
+Python rather than bash: the per-second sampler, the teardown on signals and
+the JSON/HTML output are each a few lines here.
+"""
+
+import argparse
+import json
+import math
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+ADMIN_TOKEN = "c1m-admin"
+PUSH_TOKEN = "c1m-push"
+PER_ADDRESS = 5000
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+started = []  # Popen objects, torn down in reverse order
+
+
+def log(msg):
+    print(f"c1m {time.strftime('%H:%M:%S')} {msg}", flush=True)
+
+
+def teardown(*_):
+    for p in reversed(started):
+        if p.poll() is None:
+            try:
+                os.kill(p.pid, signal.SIGCONT)
+                p.terminate()
+            except ProcessLookupError:
+                pass
+    deadline = time.time() + 10
+    for p in started:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    started.clear()
+
+
+def on_signal(sig, _frame):
+    log(f"signal {sig}: tearing down")
+    teardown()
+    sys.exit(130)
+
+
+def sysctl_path(name):
+    return "/proc/sys/" + name.replace(".", "/")
+
+
+def read_sysctl(name):
+    with open(sysctl_path(name)) as f:
+        return f.read().split()
+
+
+def ensure_sysctls():
+    """Applies what a big loopback run needs; returns what was seen/done."""
+    wanted = [
+        # (name, value to write, predicate on the current value)
+        ("net.ipv4.ip_local_port_range", "1024 65535",
+         lambda v: int(v[0]) <= 1024 and int(v[1]) >= 65535),
+        ("net.core.somaxconn", "65535", lambda v: int(v[0]) >= 65535),
+        ("net.ipv4.tcp_max_syn_backlog", "65535", lambda v: int(v[0]) >= 65535),
+    ]
+    report = {}
+    for name, value, ok in wanted:
+        before = " ".join(read_sysctl(name))
+        if ok(before.split()):
+            report[name] = {"value": before, "changed": False}
+            continue
+        try:
+            with open(sysctl_path(name), "w") as f:
+                f.write(value)
+            report[name] = {"value": value, "was": before, "changed": True}
+            log(f"sysctl {name}: {before} -> {value}")
+        except OSError as e:
+            report[name] = {"value": before, "changed": False, "error": str(e)}
+            log(f"WARNING: cannot set {name} to {value} ({e}); the run may fall short")
+    return report
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(port, path, timeout=5):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return json.loads(e.read() or b"{}")
+    except Exception:
+        return None
+
+
+def wait_ready(proc, what, limit=30):
+    end = time.time() + limit
+    line = proc.stdout.readline()
+    if not line.startswith("miopd ready") or time.time() > end:
+        raise SystemExit(f"{what} did not start: {line!r}")
+    return line
+
+
+def start_redis(port):
+    p = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                          "--save", "", "--appendonly", "no", "--maxclients", "20000"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started.append(p)
+    end = time.time() + 10
+    while subprocess.run(["redis-cli", "-p", str(port), "PING"], capture_output=True,
+                         text=True).stdout.strip() != "PONG":
+        if time.time() > end:
+            raise SystemExit("redis-server did not start")
+        time.sleep(0.05)
+    return p
+
+
+def proc_stat(pid):
+    """(utime+stime ticks, rss bytes, ppid) of one process, or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/statm") as f:
+            rss = int(f.read().split()[1]) * PAGE
+        return int(fields[11]) + int(fields[12]), rss, int(fields[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def descendants(root):
+    kids = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            st = proc_stat(int(d))
+            if st:
+                kids.setdefault(st[2], []).append(int(d))
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def meminfo():
+    out = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            k, v = line.split(":", 1)
+            out[k] = int(v.split()[0]) * 1024
+    return out
+
+
+class Sampler(threading.Thread):
+    """Once a second: CPU and RSS per process group, slab, bound sessions."""
+
+    def __init__(self, groups, admin_ports):
+        super().__init__(daemon=True)
+        self.groups = groups  # name -> callable returning pids
+        self.admin_ports = admin_ports
+        self.samples = []
+        self.stop = threading.Event()
+        self.sessions = 0
+
+    def run(self):
+        t0 = time.time()
+        last = {}
+        pids_cache, pids_at = {}, 0
+        while not self.stop.wait(1.0):
+            now = time.time()
+            if now - pids_at > 5:
+                pids_cache = {g: f() for g, f in self.groups.items()}
+                pids_at = now
+            sample = {"t": round(now - t0, 2)}
+            for g, pids in pids_cache.items():
+                ticks, rss = 0, 0
+                for p in pids:
+                    st = proc_stat(p)
+                    if st:
+                        ticks += st[0]
+                        rss += st[1]
+                prev = last.get(g)
+                last[g] = (now, ticks)
+                cpu = 0.0
+                if prev and now > prev[0]:
+                    cpu = max(0.0, (ticks - prev[1]) / CLK_TCK / (now - prev[0]))
+                sample[g] = {"cpu": round(cpu, 3), "rss": rss}
+            mi = meminfo()
+            sample["slab"] = mi.get("Slab", 0)
+            sample["mem_used"] = mi["MemTotal"] - mi["MemAvailable"]
+            total = 0
+            for port in self.admin_ports:
+                h = http_get(port, "/healthz", timeout=2)
+                total += (h or {}).get("sessions", 0)
+            self.sessions = total
+            sample["sessions"] = total
+            self.samples.append(sample)
+
+
+def consistency(admin_ports):
+    """Sum of /v1/consistency over the gateways (None if one cannot answer)."""
+    total = {"missing": 0, "stale": 0, "mismatched": 0, "pending": 0,
+             "redis_entries": 0, "local_sessions": 0}
+    for port in admin_ports:
+        c = http_get(port, "/v1/consistency", timeout=30)
+        if not c or "missing" not in c:
+            return None
+        for k in total:
+            total[k] += c.get(k, 0)
+    return total
+
+
+def consistent(c, n):
+    return c is not None and c["missing"] == c["stale"] == c["mismatched"] == c["pending"] == 0 \
+        and c["local_sessions"] == n
+
+
+def svg_chart(title, unit, series, width=900, height=220):
+    """A self-contained SVG line chart of {name: [(t, v)]}."""
+    pts = [p for s in series.values() for p in s]
+    if not pts:
+        return ""
+    tmax = max(t for t, _ in pts) or 1
+    vmax = max(v for _, v in pts) or 1
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+    left, bottom = 70, 30
+    w, h = width - left - 10, height - bottom - 25
+    out = [f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" '
+           f'font-family="sans-serif" font-size="11">',
+           f'<text x="{left}" y="14" font-size="13" font-weight="bold">{title}</text>']
+    for i in range(5):
+        v = vmax * i / 4
+        y = 20 + h - h * i / 4
+        out.append(f'<line x1="{left}" x2="{left + w}" y1="{y}" y2="{y}" stroke="#ddd"/>')
+        out.append(f'<text x="{left - 4}" y="{y + 4}" text-anchor="end">{v:,.3g} {unit}</text>')
+    for i in range(6):
+        t = tmax * i / 5
+        x = left + w * i / 5
+        out.append(f'<text x="{x}" y="{20 + h + 16}" text-anchor="middle">{t:.0f} s</text>')
+    for k, (name, s) in enumerate(series.items()):
+        c = colors[k % len(colors)]
+        path = " ".join(f"{left + w * t / tmax:.1f},{20 + h - h * v / vmax:.1f}" for t, v in s)
+        out.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{path}"/>')
+        out.append(f'<text x="{left + w - 150}" y="{34 + 14 * k}" fill="{c}">{name}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def write_html(path, result):
+    s = result["samples"]
+    groups = [g for g in ("gateways", "bench", "redis") if s and g in s[0]]
+    charts = [
+        svg_chart("Bound sessions", "", {"sessions": [(x["t"], x["sessions"]) for x in s]}),
+        svg_chart("CPU (cores)", "", {g: [(x["t"], x[g]["cpu"]) for x in s] for g in groups}),
+        svg_chart("RSS (GB)", "GB", {g: [(x["t"], x[g]["rss"] / 1e9) for x in s] for g in groups}),
+        svg_chart("Kernel memory (GB)", "GB", {
+            "slab": [(x["t"], x["slab"] / 1e9) for x in s],
+            "memory in use": [(x["t"], x["mem_used"] / 1e9) for x in s]}),
+    ]
+    summary = json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2)
+    with open(path, "w") as f:
+        f.write("<!doctype html><meta charset=utf-8><title>c1m: gateway side</title>"
+                "<body style='font-family:sans-serif;max-width:960px;margin:auto'>"
+                f"<h1>c1m: {result['params']['sessions']:,} sessions, gateway side</h1>"
+                "<p>Sampled every second by benches/c1m.py; the load generator's own "
+                "report (latency, binds per second) is <a href='run.html'>run.html</a>.</p>"
+                + "".join(f"<div>{c}</div>" for c in charts)
+                + f"<h2>Summary</h2><pre>{summary}</pre></body>")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("sessions", nargs="?", type=int, default=1_000_000)
+    ap.add_argument("--hold", default="60s", help="hold once bound (miop-bench -d)")
+    ap.add_argument("--io", default=os.environ.get("MIOP_IO", "auto"))
+    ap.add_argument("--per-gateway", type=int, default=18_000)
+    ap.add_argument("--heartbeat", default="60s")
+    ap.add_argument("--timeout", default="15")
+    ap.add_argument("--connect-rate", default=None)
+    ap.add_argument("--threads", type=int, default=0, help="miop-bench -t (default: 2 per worker)")
+    ap.add_argument("--no-redis", action="store_true", help="standalone gateways, no presence")
+    ap.add_argument("--push-rate", default=None, help="e.g. 0.2/s: broadcasts during the hold")
+    ap.add_argument("--redis-outage", type=float, default=0,
+                    help="kill Redis for this many seconds during the hold")
+    ap.add_argument("--outage-after", type=float, default=20,
+                    help="seconds into the hold at which Redis is killed")
+    ap.add_argument("--out", default="target/c1m")
+    ap.add_argument("--bin", default="target/release")
+    a = ap.parse_args()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    os.makedirs(a.out, exist_ok=True)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    per_gw = min(a.per_gateway, hard - 2000)
+    n_gw = math.ceil(a.sessions / per_gw)
+    sources = min(250, max(8, math.ceil(a.sessions / PER_ADDRESS)))
+    sysctls = ensure_sysctls()
+    params = {"sessions": a.sessions, "gateways": n_gw, "per_gateway": per_gw,
+              "cores_per_gateway": 1, "io": a.io, "heartbeat": a.heartbeat,
+              "hold": a.hold, "source_addresses": sources, "redis": not a.no_redis,
+              "fd_limit": hard, "connect_rate": a.connect_rate, "push_rate": a.push_rate,
+              "redis_outage_s": a.redis_outage, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"],
+                                       capture_output=True, text=True).stdout.strip(),
+              "cpus": os.cpu_count()}
+    log(f"{a.sessions:,} sessions: {n_gw} miopd x 1 core ({a.io}), {sources} source "
+        f"addresses, heartbeat {a.heartbeat}, hold {a.hold}, redis {not a.no_redis}")
+
+    redis_port = None
+    redis = None
+    if not a.no_redis:
+        redis_port = free_port()
+        redis = start_redis(redis_port)
+    ports, admin_ports, gws = [], [], []
+    env = dict(os.environ, MIOP_IO=a.io, MIOP_LOG="warn")
+    for i in range(n_gw):
+        port, aport = free_port(), free_port()
+        args = [f"{a.bin}/miopd", "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{aport}",
+                "--app-key", "pk", "--cores", "1", "--heartbeat", a.heartbeat,
+                "--node-id", f"c1m-{i}", "--admin-token", ADMIN_TOKEN, "--push-token", PUSH_TOKEN,
+                "--bind-rate", "1000000"]
+        if redis_port:
+            args += ["--redis", f"redis://127.0.0.1:{redis_port}"]
+        p = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, text=True,
+                             stderr=open(f"{a.out}/miopd-{i}.log", "w"))
+        started.append(p)
+        gws.append(p)
+        ports.append(port)
+        admin_ports.append(aport)
+    for i, p in enumerate(gws):
+        wait_ready(p, f"miopd {i}")
+    log(f"{n_gw} gateways ready")
+
+    bench_cmd = [f"{a.bin}/miop-bench", f"miop://c1m:pk@127.0.0.1:{ports[0]}/",
+                 "-c", str(a.sessions), "-d", a.hold, "--latency", "--timeout", a.timeout,
+                 "--bind", f"127.0.0.2-127.0.0.{1 + sources}",
+                 "--json", f"{a.out}/run.json", "--report", f"{a.out}/run.html", "--progress", "5s"]
+    if len(ports) > 1:
+        bench_cmd += ["--target", ",".join(f"127.0.0.1:{p}" for p in ports[1:])]
+    if a.threads:
+        bench_cmd += ["-t", str(a.threads)]
+    if a.connect_rate:
+        bench_cmd += ["--connect-rate", a.connect_rate]
+    if a.push_rate:
+        bench_cmd += ["--push-rate", a.push_rate, "--push-api", f"http://127.0.0.1:{admin_ports[0]}",
+                      "--push-token", PUSH_TOKEN, "--push-to", "all"]
+    log(" ".join(bench_cmd))
+    bench_out = open(f"{a.out}/summary.txt", "w")
+    bench = subprocess.Popen(bench_cmd, stdout=subprocess.PIPE, text=True)
+    started.append(bench)
+    gw_pids = [p.pid for p in gws]
+    groups = {"gateways": lambda: gw_pids, "bench": lambda: descendants(bench.pid)}
+    if redis:
+        groups["redis"] = lambda: [redis.pid]
+    sampler = Sampler(groups, admin_ports)
+    sampler.start()
+
+    outage = {}
+    checks = {}
+
+    def monitor():
+        """Bound → (Redis outage) → presence consistent, while the bench holds."""
+        nonlocal redis
+        t_start = time.time()
+        while sampler.sessions < a.sessions and bench.poll() is None:
+            time.sleep(0.5)
+        if bench.poll() is not None:
+            return
+        checks["all_bound_after_s"] = round(time.time() - t_start, 1)
+        if a.redis_outage and redis:
+            time.sleep(a.outage_after)
+            before = sampler.sessions
+            log(f"killing Redis for {a.redis_outage:.0f} s with {before:,} sessions bound")
+            redis.kill()
+            redis.wait()
+            started.remove(redis)
+            t_kill = time.time()
+            time.sleep(a.redis_outage)
+            redis = start_redis(redis_port)
+            groups["redis"] = lambda: [redis.pid]
+            t_back = time.time()
+            log("Redis back; waiting for presence to be consistent")
+            c = None
+            while time.time() - t_back < 300 and bench.poll() is None:
+                c = consistency(admin_ports)
+                if consistent(c, a.sessions):
+                    break
+                time.sleep(0.5)
+            outage.update({"sessions_before": before, "killed_for_s": round(t_back - t_kill, 1),
+                           "consistent_after_s": round(time.time() - t_back, 1)
+                           if consistent(c, a.sessions) else None,
+                           "sessions_after": sampler.sessions, "consistency": c})
+            log(f"outage: {outage}")
+        if redis:
+            t0 = time.time()
+            c = None
+            while bench.poll() is None:
+                c = consistency(admin_ports)
+                if consistent(c, a.sessions):
+                    break
+                time.sleep(1)
+            checks["consistency"] = c
+            checks["consistent"] = consistent(c, a.sessions)
+            checks["consistency_checked_after_bound_s"] = round(time.time() - t0, 1)
+            log(f"presence in Redis: {c}")
+
+    threading.Thread(target=monitor, daemon=True).start()
+
+    for line in bench.stdout:
+        sys.stdout.write(line)
+        bench_out.write(line)
+    bench.wait()
+    sampler.stop.set()
+    sampler.join()
+    result = {"params": params, "sysctls": sysctls, "bench_exit": bench.returncode,
+              "outage": outage or None, "hold_checks": checks}
+    try:
+        with open(f"{a.out}/run.json") as f:
+            run = json.load(f)
+        result["bench"] = {k: v for k, v in run.items() if k != "timeline"}
+    except (OSError, ValueError):
+        result["bench"] = None
+    s = sampler.samples
+    if s:
+        peak = lambda g, k: max((x[g][k] for x in s if g in x), default=0)
+        result["peak"] = {g: {"cpu_cores": peak(g, "cpu"), "rss_bytes": peak(g, "rss")}
+                          for g in groups}
+        result["peak"]["slab_bytes"] = max(x["slab"] for x in s)
+        result["peak"]["mem_used_bytes"] = max(x["mem_used"] for x in s)
+        result["peak"]["sessions"] = max(x["sessions"] for x in s)
+    result["samples"] = s
+    teardown()
+    with open(f"{a.out}/c1m.json", "w") as f:
+        json.dump(result, f, indent=1)
+    write_html(f"{a.out}/gateways.html", result)
+    log(f"wrote {a.out}/c1m.json, gateways.html, run.json, run.html, summary.txt")
+    if result.get("peak"):
+        pk = result["peak"]
+        log(f"peak: sessions {pk['sessions']:,}, gateways RSS {pk['gateways']['rss_bytes'] / 1e9:.2f} GB, "
+            f"slab {pk['slab_bytes'] / 1e9:.2f} GB, memory in use {pk['mem_used_bytes'] / 1e9:.2f} GB")
+    log(f"hold checks: {checks}")
+    return bench.returncode
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    finally:
+        teardown()

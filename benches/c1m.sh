@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# One command to N sessions on this machine (default 1,000,000): builds the
+# release binaries, then benches/c1m.py applies the sysctls it needs, starts
+# enough `--cores 1` miopd processes for the fd limit (and a private Redis),
+# runs miop-bench over enough loopback source addresses, samples CPU, RSS,
+# slab and sessions every second, and tears it all down by PID (Ctrl-C too).
+#
+#   benches/c1m.sh [SESSIONS] [--hold 10m] [--io uring|epoll] [--no-redis]
+#                  [--push-rate 0.1/s] [--redis-outage 30] [--connect-rate 40k/s]
+#
+# Writes target/c1m/{c1m.json,gateways.html,run.json,run.html,summary.txt}.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --bins >/dev/null
+exec python3 benches/c1m.py "$@"
