@@ -8,9 +8,9 @@ What it takes to hold a million Miop sessions on one host, done for you:
 2. starts as many miopd processes as the fd limit requires (one process may
    hold ~20k fds here), `--cores 1` each so a 2-core box is not shared by
    hundreds of threads, plus a private Redis when presence is measured;
-3. runs miop-bench over enough loopback source addresses that the kernel's
-   ephemeral-port search never becomes the bottleneck (~5,000 connections
-   per address, as platform-facts recommends);
+3. runs miop-bench, which spreads its connections over enough loopback
+   source addresses by itself (~5,000 per address, src/bench/cli/source_plan.rs)
+   so the kernel's ephemeral-port search never becomes the bottleneck;
 4. samples every second the CPU and RSS of each process group (gateways,
    load generator, Redis), the kernel's slab and the bound sessions;
 5. optionally kills Redis for a while during the hold and measures how long
@@ -40,7 +40,6 @@ import urllib.request
 
 ADMIN_TOKEN = "c1m-admin"
 PUSH_TOKEN = "c1m-push"
-PER_ADDRESS = 5000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -330,18 +329,17 @@ def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     per_gw = min(a.per_gateway, hard - 2000)
     n_gw = math.ceil(a.sessions / per_gw)
-    sources = min(250, max(8, math.ceil(a.sessions / PER_ADDRESS)))
     sysctls = ensure_sysctls()
     params = {"sessions": a.sessions, "gateways": n_gw, "per_gateway": per_gw,
               "cores_per_gateway": 1, "io": a.io, "heartbeat": a.heartbeat,
-              "hold": a.hold, "source_addresses": sources, "redis": not a.no_redis,
+              "hold": a.hold, "redis": not a.no_redis,
               "fd_limit": hard, "connect_rate": a.connect_rate, "push_rate": a.push_rate,
               "redis_outage_s": a.redis_outage, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"],
                                        capture_output=True, text=True).stdout.strip(),
               "cpus": os.cpu_count()}
-    log(f"{a.sessions:,} sessions: {n_gw} miopd x 1 core ({a.io}), {sources} source "
-        f"addresses, heartbeat {a.heartbeat}, hold {a.hold}, redis {not a.no_redis}")
+    log(f"{a.sessions:,} sessions: {n_gw} miopd x 1 core ({a.io}), "
+        f"heartbeat {a.heartbeat}, hold {a.hold}, redis {not a.no_redis}")
 
     redis_port = None
     redis = None
@@ -370,7 +368,6 @@ def main():
 
     bench_cmd = [f"{a.bin}/miop-bench", f"miop://c1m:pk@127.0.0.1:{ports[0]}/",
                  "-c", str(a.sessions), "-d", a.hold, "--latency", "--timeout", a.timeout,
-                 "--bind", f"127.0.0.2-127.0.0.{1 + sources}",
                  "--json", f"{a.out}/run.json", "--report", f"{a.out}/run.html", "--progress", "5s"]
     if len(ports) > 1:
         bench_cmd += ["--target", ",".join(f"127.0.0.1:{p}" for p in ports[1:])]

@@ -80,6 +80,19 @@ pub fn main(args: BenchArgs, raw: Vec<String>) -> i32 {
         };
     }
 
+    for w in &plan.warnings {
+        eprintln!("miop-bench: warning: {w}");
+    }
+    if args.sources.is_none() && plan.sources.len() > 1 {
+        eprintln!(
+            "miop-bench: {} connections from {} loopback source addresses ({}-{}), at most {} each",
+            plan.connections,
+            plan.sources.len(),
+            plan.sources[0],
+            plan.sources[plan.sources.len() - 1],
+            plan.connections.div_ceil(plan.sources.len() as u64)
+        );
+    }
     let procs = match args.procs {
         Some(p) => p as usize,
         None => plan.connections.div_ceil(per_proc) as usize,

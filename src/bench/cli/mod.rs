@@ -8,8 +8,9 @@
 
 mod address;
 mod quantity;
+mod source_plan;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -204,6 +205,8 @@ pub struct Plan {
     pub churn_rate: f64,
     pub max_error_rate: f64,
     pub push: Option<PushPlan>,
+    /// What may keep the run from reaching -c (printed once, by the parent).
+    pub warnings: Vec<String>,
 }
 
 /// Push load settings (miop-bench drives the gateway's push API).
@@ -263,14 +266,12 @@ impl Plan {
         for t in &a.targets {
             targets.extend(parse_targets(t)?);
         }
-        let sources = match &a.sources {
-            Some(s) => s.0.clone(),
-            None => vec![if targets[0].is_ipv4() {
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-            } else {
-                IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
-            }],
-        };
+        let (sources, layout_warnings) = source_plan::choose(
+            a.sources.as_ref().map(|s| &s.0[..]),
+            &targets,
+            a.steps.last().copied().unwrap_or(a.connections),
+            source_plan::port_range(),
+        );
         if let Some(bad) = targets
             .iter()
             .find(|t| sources.iter().any(|s| s.is_ipv4() != t.is_ipv4()))
@@ -343,6 +344,7 @@ impl Plan {
             }
         };
         Ok(Plan {
+            warnings: layout_warnings,
             push,
             url,
             targets,
