@@ -191,11 +191,31 @@ pub fn text(summary: &Summary, total: &Latencies, latency_distribution: bool) ->
         summary.peak_connected
     );
     if summary.push_requests + summary.push_errors > 0 {
-        let _ = writeln!(
-            o,
-            "  Push API: {} requests ({} failed), {} recipients delivered, {} pushes received",
-            summary.push_requests, summary.push_errors, summary.push_recipients, c.pushes
-        );
+        if summary.url.starts_with("mqtt://") {
+            let _ = writeln!(
+                o,
+                "  Publish: {} messages ({} failed) to {} subscriber deliveries, {} received",
+                summary.push_requests, summary.push_errors, summary.push_recipients, c.pushes
+            );
+        } else {
+            let _ = writeln!(
+                o,
+                "  Push API: {} requests ({} failed), {} recipients delivered, {} pushes received",
+                summary.push_requests, summary.push_errors, summary.push_recipients, c.pushes
+            );
+        }
+        // With --push-count 1, the slowest delivery is the fan-out time.
+        let push = total.get(Metric::Push);
+        if !push.is_empty() {
+            let _ = writeln!(
+                o,
+                "  Fan-out: {} of {} deliveries, last after {} (p50 {})",
+                c.pushes,
+                summary.push_recipients,
+                fmt_micros(push.max() as f64),
+                fmt_micros(push.value_at_quantile(0.5) as f64)
+            );
+        }
     }
     if let Some(limit) = summary.link_limit {
         let _ = writeln!(

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::cli::{BenchArgs, Plan, Scenario};
+use super::cli::{BenchArgs, BenchUrl, Plan, Scenario};
 use super::fleet::{run_worker, LocalFleet, ProcFleet};
 use super::report::{
     self, fmt_duration_s, fmt_micros, percentiles_by_name, Report, StepSummary, Summary,
@@ -292,13 +292,23 @@ async fn drive(
     let (push_stop, push_stop_rx) = tokio::sync::watch::channel(false);
     let mut pusher = None;
     if let Some(push) = plan.push.clone() {
-        pusher = Some(tokio::spawn(super::pusher::run(
-            plan.clone(),
-            push,
-            push_go.clone(),
-            push_stats.clone(),
-            push_stop_rx,
-        )));
+        pusher = Some(match &plan.url {
+            BenchUrl::Miop(_) => tokio::spawn(super::pusher::run(
+                plan.clone(),
+                push,
+                push_go.clone(),
+                push_stats.clone(),
+                push_stop_rx,
+            )),
+            BenchUrl::Mqtt(m) => tokio::spawn(super::mqtt::publisher(
+                plan.clone(),
+                m.clone(),
+                push,
+                push_go.clone(),
+                push_stats.clone(),
+                push_stop_rx,
+            )),
+        });
     }
     loop {
         tokio::select! {
