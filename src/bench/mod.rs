@@ -13,4 +13,5 @@ pub mod pusher;
 pub mod report;
 pub mod run;
 pub mod script;
+pub mod server_memory;
 pub mod stats;

@@ -168,6 +168,11 @@ pub struct BenchArgs {
     #[arg(long, default_value = "64", value_parser = parse_count_or_zero)]
     pub push_size: u64,
 
+    /// Process ids of the server under test on this machine (comma-separated):
+    /// the report gives their RSS before and after, per connection.
+    #[arg(long = "server-pid", value_delimiter = ',')]
+    pub server_pids: Vec<u32>,
+
     /// Seconds between progress lines (0 = none).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub progress: Duration,

@@ -41,6 +41,8 @@ fn empty_summary() -> Summary {
         push_requests: 0,
         push_errors: 0,
         push_recipients: 0,
+        server_memory: None,
+        ramp_s: None,
     }
 }
 
