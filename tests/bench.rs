@@ -536,3 +536,48 @@ fn push_mode_drives_the_push_api_and_measures_delivery() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("HTTP 403"), "{stderr}");
 }
+
+#[test]
+fn one_counted_broadcast_gives_the_fan_out_and_server_memory() {
+    // The miop:// side of the Mosquitto comparison (tests/bench_mqtt.rs):
+    // --push-count 1 sends one broadcast, --server-pid reads miopd's RSS.
+    let gw = Miopd::start(&["--cores", "1", "--push-token", "tok"]);
+    let json = json_path("fanout");
+    let api = format!("http://{}", gw.admin);
+    let pid = gw.pid().to_string();
+    let out = bench(&[
+        &url(&gw, "fo"),
+        "-t",
+        "2",
+        "-c",
+        "200",
+        "-d",
+        "3s",
+        "--ping-interval",
+        "200ms",
+        "--push-rate",
+        "5/s",
+        "--push-count",
+        "1",
+        "--push-api",
+        &api,
+        "--push-token",
+        "tok",
+        "--server-pid",
+        &pid,
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let r = report(&out, &json);
+    let s = &r.summary;
+    assert_eq!((s.push_requests, s.push_errors), (1, 0), "{s:?}");
+    assert_eq!((s.push_recipients, s.counters.pushes), (200, 200), "{s:?}");
+    assert_eq!(s.latency["push"].count, 200);
+    assert!(s.ramp_s.is_some(), "{s:?}");
+    let m = s.server_memory.expect("--server-pid gives server memory");
+    assert_eq!(m.connections, 200, "{m:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Fan-out: 200 of 200 deliveries"), "{text}");
+    assert!(text.contains("Server memory: RSS"), "{text}");
+    assert!(text.contains("Ramp: 200 connections up in"), "{text}");
+}

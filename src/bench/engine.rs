@@ -4,6 +4,10 @@
 //!
 //! Connection `i` of the run belongs to global thread `i % total_threads`, so a
 //! target of N connections is spread evenly over threads and processes.
+//!
+//! The connection life cycle (launch, handshake, session, close, backoff,
+//! churn) is the same for both protocols; the Miop handshake and session are
+//! here, their MQTT counterparts in `mqtt/session.rs`.
 
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
@@ -15,11 +19,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 
-use super::cli::Plan;
+use super::cli::{BenchUrl, Plan};
+use super::mqtt::{self, MqttConn};
 use super::script::Script;
 use super::stats::{bump, Metric, ThreadStats};
 use crate::client::fleet::connect_from;
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, MiopUrl};
 use crate::protocol::{Body, Credential, Frame, FLAG_ACK_REQUIRED};
 
 /// Handshakes (connect + bind) in flight per thread at once. Without a rate,
@@ -80,16 +85,41 @@ impl Share {
     }
 }
 
-struct Ctx {
-    plan: Arc<Plan>,
+/// One load thread's state, shared by its connection tasks.
+pub(super) struct Ctx {
+    pub(super) plan: Arc<Plan>,
     share: Share,
-    stats: Arc<ThreadStats>,
-    control: Arc<Control>,
+    pub(super) stats: Arc<ThreadStats>,
+    pub(super) control: Arc<Control>,
     script: Option<Script>,
-    handshakes: Semaphore,
+    /// Bounds the handshakes (connect + bind) in flight.
+    pub(super) handshakes: Semaphore,
     /// Churn signals of bound connections, by local number k.
     churn: RefCell<Vec<Option<Rc<Notify>>>>,
     next_seq: std::cell::Cell<u32>,
+}
+
+impl Ctx {
+    /// Time to the next heartbeat: the script's delay(), else --ping-interval,
+    /// else what the server announced (`announced`).
+    pub(super) fn heartbeat(&self, announced: Duration) -> Duration {
+        if let Some(ms) = self.script.as_ref().and_then(|sc| sc.delay_ms()) {
+            return Duration::from_millis(ms);
+        }
+        self.plan.ping_interval.unwrap_or(announced)
+    }
+
+    /// Whether a script chooses the heartbeat intervals.
+    pub(super) fn scripted_heartbeat(&self) -> bool {
+        self.script.as_ref().is_some_and(|s| s.has_delay())
+    }
+}
+
+/// A connection that completed its handshake, of either protocol.
+enum Link {
+    /// With the heartbeat interval from BindAck.
+    Miop(Client, Duration),
+    Mqtt(MqttConn),
 }
 
 /// Runs one load thread to completion (until `control.stop`).
@@ -180,7 +210,7 @@ async fn launcher(ctx: Rc<Ctx>) {
 
 /// Why a bound session ended.
 #[derive(Debug, PartialEq, Eq)]
-enum Ended {
+pub(super) enum Ended {
     Stop,
     Churn,
     Failed,
@@ -198,8 +228,15 @@ async fn connection(ctx: Rc<Ctx>, k: u64) {
         if ctx.control.stop.load(Ordering::Relaxed) {
             return;
         }
-        let bound = handshake(&ctx, &device, src, dst).await;
-        let (mut client, ack_interval) = match bound {
+        let bound = match &plan.url {
+            BenchUrl::Miop(url) => handshake(&ctx, url, &device, src, dst)
+                .await
+                .map(|(c, i)| Link::Miop(c, i)),
+            BenchUrl::Mqtt(m) => mqtt::handshake(&ctx, m, &device, src, dst)
+                .await
+                .map(Link::Mqtt),
+        };
+        let mut link = match bound {
             Some(b) => {
                 failures = 0;
                 b
@@ -216,16 +253,21 @@ async fn connection(ctx: Rc<Ctx>, k: u64) {
         let signal = Rc::new(Notify::new());
         ctx.churn.borrow_mut()[k as usize] = Some(signal.clone());
         ctx.stats.connected.fetch_add(1, Ordering::Relaxed);
-        let ended = session(&ctx, &mut client, ack_interval, &signal, &mut stop_rx).await;
+        let ended = match &mut link {
+            Link::Miop(client, ack_interval) => {
+                session(&ctx, client, *ack_interval, &signal, &mut stop_rx).await
+            }
+            Link::Mqtt(conn) => mqtt::session(&ctx, conn, &signal, &mut stop_rx).await,
+        };
         ctx.stats.connected.fetch_sub(1, Ordering::Relaxed);
         ctx.churn.borrow_mut()[k as usize] = None;
         match ended {
             Ended::Stop => {
-                let _ = timeout(Duration::from_secs(1), client.close()).await;
+                let _ = timeout(Duration::from_secs(1), link.close()).await;
                 return;
             }
             Ended::Churn => {
-                let _ = timeout(Duration::from_secs(1), client.close()).await;
+                let _ = timeout(Duration::from_secs(1), link.close()).await;
                 bump(&ctx.stats.churned);
                 // Offline for a moment, then back.
                 let pause = Duration::from_millis(fastrand::u64(100..1000));
@@ -235,7 +277,7 @@ async fn connection(ctx: Rc<Ctx>, k: u64) {
                 }
             }
             Ended::Failed => {
-                drop(client);
+                drop(link);
                 if !plan.reconnect {
                     return;
                 }
@@ -244,6 +286,16 @@ async fn connection(ctx: Rc<Ctx>, k: u64) {
             }
         }
         bump(&ctx.stats.reconnects);
+    }
+}
+
+impl Link {
+    /// Closes politely: Close frame or DISCONNECT, then FIN.
+    async fn close(self) {
+        match self {
+            Link::Miop(c, _) => drop(c.close().await),
+            Link::Mqtt(c) => drop(c.disconnect().await),
+        }
     }
 }
 
@@ -260,6 +312,7 @@ async fn backoff(stop_rx: &mut watch::Receiver<bool>, failures: u32) {
 /// Connects and binds, recording latencies and classifying failures.
 async fn handshake(
     ctx: &Ctx,
+    url: &MiopUrl,
     device: &str,
     src: IpAddr,
     dst: SocketAddr,
@@ -267,34 +320,12 @@ async fn handshake(
     let plan = &ctx.plan;
     let s = &ctx.stats;
     let _permit = ctx.handshakes.acquire().await.ok()?;
-    if ctx.control.stop.load(Ordering::Relaxed) {
-        return None;
-    }
-    let t0 = Instant::now();
-    let stream = match timeout(plan.timeout, connect_from(src, dst)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            tracing::debug!(%device, error = %e, "connect failed");
-            bump(&s.connect_errors);
-            return None;
-        }
-        Err(_) => {
-            // wrk counts a connect that never completes as a connect error.
-            bump(&s.connect_errors);
-            return None;
-        }
-    };
-    s.record(Metric::Connect, t0.elapsed());
-    bump(&s.connects);
+    let stream = tcp_connect(ctx, device, src, dst).await?;
     let mut client = Client::from_stream(stream);
     let t1 = Instant::now();
     let bound = timeout(
         plan.timeout,
-        client.bind(
-            device,
-            Credential::AppKey(plan.url.app_key.clone()),
-            Vec::new(),
-        ),
+        client.bind(device, Credential::AppKey(url.app_key.clone()), Vec::new()),
     )
     .await;
     match bound {
@@ -322,6 +353,38 @@ async fn handshake(
     }
 }
 
+/// The TCP connect of a handshake (the caller holds a handshake permit),
+/// recorded and classified the same way for both protocols.
+pub(super) async fn tcp_connect(
+    ctx: &Ctx,
+    device: &str,
+    src: IpAddr,
+    dst: SocketAddr,
+) -> Option<tokio::net::TcpStream> {
+    let s = &ctx.stats;
+    if ctx.control.stop.load(Ordering::Relaxed) {
+        return None;
+    }
+    let t0 = Instant::now();
+    match timeout(ctx.plan.timeout, connect_from(src, dst)).await {
+        Ok(Ok(stream)) => {
+            s.record(Metric::Connect, t0.elapsed());
+            bump(&s.connects);
+            Some(stream)
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%device, error = %e, "connect failed");
+            bump(&s.connect_errors);
+            None
+        }
+        Err(_) => {
+            // wrk counts a connect that never completes as a connect error.
+            bump(&s.connect_errors);
+            None
+        }
+    }
+}
+
 /// Heartbeats and receives pushes until stopped, churned or failed.
 async fn session(
     ctx: &Ctx,
@@ -331,12 +394,7 @@ async fn session(
     stop_rx: &mut watch::Receiver<bool>,
 ) -> Ended {
     let s = &ctx.stats;
-    let interval = || -> Duration {
-        if let Some(ms) = ctx.script.as_ref().and_then(|sc| sc.delay_ms()) {
-            return Duration::from_millis(ms);
-        }
-        ctx.plan.ping_interval.unwrap_or(ack_interval)
-    };
+    let interval = || ctx.heartbeat(ack_interval);
     // Spread the first heartbeats over one interval so a ramp does not
     // synchronise every connection's pings.
     let first = interval();

@@ -67,6 +67,14 @@ impl LocalFleet {
         self.control.set_target(n);
     }
 
+    /// Connections up right now (cheap: no histograms are taken).
+    pub fn connected(&self) -> u64 {
+        self.stats
+            .iter()
+            .map(|s| s.connected.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let mut snap = Snapshot::default();
         for s in &self.stats {

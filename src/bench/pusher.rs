@@ -91,14 +91,21 @@ impl Http {
     }
 }
 
-fn body(plan: &Plan, push: &PushPlan) -> String {
+/// A push payload of `size` bytes (at least the timestamp): `t=<unix µs>;`
+/// then padding. Shared with the MQTT publisher, so both measure alike.
+pub fn payload(size: usize) -> String {
     let now_us = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros());
     let mut payload = format!("t={now_us};");
-    while payload.len() < push.size {
+    while payload.len() < size {
         payload.push('x');
     }
+    payload
+}
+
+fn body(plan: &Plan, push: &PushPlan) -> String {
+    let payload = payload(push.size);
     let to = match &push.target {
         PushTarget::All => "\"all\"".to_owned(),
         PushTarget::Device => {
@@ -113,7 +120,7 @@ fn body(plan: &Plan, push: &PushPlan) -> String {
     format!("{{\"to\": {to}, \"payload\": \"{payload}\"}}")
 }
 
-/// Waits for `go`, then pushes at `push.rate` until `stop`.
+/// Waits for `go`, then pushes at `push.rate` until `stop` (or `push.count`).
 pub async fn run(
     plan: Arc<Plan>,
     push: PushPlan,
@@ -134,12 +141,14 @@ pub async fn run(
     let pace = Duration::from_secs_f64(1.0 / push.rate);
     let mut next = Instant::now();
     let mut warned = false;
-    loop {
+    let mut sent = 0u64;
+    while push.count.is_none_or(|c| sent < c) {
         tokio::select! {
             _ = stop.changed() => return,
             _ = sleep_until(next) => {}
         }
         next += pace;
+        sent += 1;
         match http
             .post("/v1/push", push.token.as_deref(), &body(&plan, &push))
             .await

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use super::server_memory::ServerMemory;
 use super::stats::{Counters, Latencies, Metric, Percentiles};
 
 /// One second of the run.
@@ -68,6 +69,14 @@ pub struct Summary {
     pub push_errors: u64,
     #[serde(default)]
     pub push_recipients: u64,
+    /// --server-pid: the server's resident memory before and after connecting.
+    #[serde(default)]
+    pub server_memory: Option<ServerMemory>,
+    /// Seconds from the start until every connection was up (bound, and for
+    /// mqtt:// subscribed): 10 ms resolution in one process, 1 s over worker
+    /// processes. None if they never all were.
+    #[serde(default)]
+    pub ramp_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -191,10 +200,49 @@ pub fn text(summary: &Summary, total: &Latencies, latency_distribution: bool) ->
         summary.peak_connected
     );
     if summary.push_requests + summary.push_errors > 0 {
+        if summary.url.starts_with("mqtt://") {
+            let _ = writeln!(
+                o,
+                "  Publish: {} messages ({} failed) to {} subscriber deliveries, {} received",
+                summary.push_requests, summary.push_errors, summary.push_recipients, c.pushes
+            );
+        } else {
+            let _ = writeln!(
+                o,
+                "  Push API: {} requests ({} failed), {} recipients delivered, {} pushes received",
+                summary.push_requests, summary.push_errors, summary.push_recipients, c.pushes
+            );
+        }
+        // With --push-count 1, the slowest delivery is the fan-out time.
+        let push = total.get(Metric::Push);
+        if !push.is_empty() {
+            let _ = writeln!(
+                o,
+                "  Fan-out: {} of {} deliveries, last after {} (p50 {})",
+                c.pushes,
+                summary.push_recipients,
+                fmt_micros(push.max() as f64),
+                fmt_micros(push.value_at_quantile(0.5) as f64)
+            );
+        }
+    }
+    if let Some(r) = summary.ramp_s {
         let _ = writeln!(
             o,
-            "  Push API: {} requests ({} failed), {} recipients delivered, {} pushes received",
-            summary.push_requests, summary.push_errors, summary.push_recipients, c.pushes
+            "  Ramp: {} connections up in {} ({:.0} connections/s)",
+            summary.connections,
+            fmt_duration_s(r),
+            summary.connections as f64 / r.max(1e-3)
+        );
+    }
+    if let Some(m) = &summary.server_memory {
+        let _ = writeln!(
+            o,
+            "  Server memory: RSS {:.1} MB before, {:.1} MB with {} connections: {:.0} bytes per connection",
+            m.rss_before_bytes as f64 / 1e6,
+            m.rss_end_bytes as f64 / 1e6,
+            m.connections,
+            m.bytes_per_connection
         );
     }
     if let Some(limit) = summary.link_limit {
@@ -258,6 +306,8 @@ mod tests {
             push_requests: 0,
             push_errors: 0,
             push_recipients: 0,
+            server_memory: None,
+            ramp_s: None,
         }
     }
 

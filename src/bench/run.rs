@@ -4,13 +4,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::cli::{BenchArgs, Plan, Scenario};
+use super::cli::{BenchArgs, BenchUrl, Plan, Scenario};
 use super::fleet::{run_worker, LocalFleet, ProcFleet};
 use super::report::{
     self, fmt_duration_s, fmt_micros, percentiles_by_name, Report, StepSummary, Summary,
     TimelinePoint,
 };
 use super::script::Script;
+use super::server_memory::{self, ServerMemory};
 use super::stats::{Counters, Latencies, Metric, Snapshot};
 
 /// File descriptors a process keeps for itself besides connections.
@@ -32,6 +33,13 @@ impl Fleet {
         match self {
             Fleet::Local(f) => f.snapshot(),
             Fleet::Procs(f) => f.snapshot(),
+        }
+    }
+    /// Connections up right now, where that is cheap to know (one process).
+    fn connected_now(&self) -> Option<u64> {
+        match self {
+            Fleet::Local(f) => Some(f.connected()),
+            Fleet::Procs(_) => None,
         }
     }
     fn failure(&mut self) -> Option<String> {
@@ -138,6 +146,7 @@ pub fn main(args: BenchArgs, raw: Vec<String>) -> i32 {
         procs,
         threads_per_proc,
         args.progress,
+        &args.server_pids,
     ));
     let o = match outcome {
         Ok(o) => o,
@@ -162,6 +171,8 @@ pub fn main(args: BenchArgs, raw: Vec<String>) -> i32 {
         push_requests: o.push.requests.load(std::sync::atomic::Ordering::Relaxed),
         push_errors: o.push.errors.load(std::sync::atomic::Ordering::Relaxed),
         push_recipients: o.push.recipients.load(std::sync::atomic::Ordering::Relaxed),
+        server_memory: o.server_memory,
+        ramp_s: o.ramp_s,
     };
     print!("{}", report::text(&summary, &o.total, args.latency));
     let report = Report {
@@ -220,6 +231,8 @@ struct Outcome {
     counters: Counters,
     total: Latencies,
     peak: u64,
+    server_memory: Option<ServerMemory>,
+    ramp_s: Option<f64>,
 }
 
 /// State of the concurrency scenario.
@@ -244,7 +257,16 @@ async fn drive(
     procs: usize,
     threads_per_proc: usize,
     progress: Duration,
+    server_pids: &[u32],
 ) -> Result<Outcome, String> {
+    let rss_before = if server_pids.is_empty() {
+        None
+    } else {
+        Some(server_memory::rss(server_pids)?)
+    };
+    // The last second's RSS and connections (sampled while the run goes on,
+    // before any connection closes).
+    let mut rss_end = None;
     let first_target = match plan.scenario {
         Scenario::Concurrency => plan.steps[0],
         _ => plan.connections,
@@ -305,17 +327,36 @@ async fn drive(
     let (push_stop, push_stop_rx) = tokio::sync::watch::channel(false);
     let mut pusher = None;
     if let Some(push) = plan.push.clone() {
-        pusher = Some(tokio::spawn(super::pusher::run(
-            plan.clone(),
-            push,
-            push_go.clone(),
-            push_stats.clone(),
-            push_stop_rx,
-        )));
+        pusher = Some(match &plan.url {
+            BenchUrl::Miop(_) => tokio::spawn(super::pusher::run(
+                plan.clone(),
+                push,
+                push_go.clone(),
+                push_stats.clone(),
+                push_stop_rx,
+            )),
+            BenchUrl::Mqtt(m) => tokio::spawn(super::mqtt::publisher(
+                plan.clone(),
+                m.clone(),
+                push,
+                push_go.clone(),
+                push_stats.clone(),
+                push_stop_rx,
+            )),
+        });
     }
+    // The ramp's end, to 10 ms where the fleet is in this process.
+    let mut ramp_s: Option<f64> = None;
+    let mut ramp_poll = tokio::time::interval(Duration::from_millis(10));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            _ = ramp_poll.tick(), if ramp_s.is_none() => {
+                if fleet.connected_now().is_some_and(|n| n >= plan.connections) {
+                    ramp_s = Some(start.elapsed().as_secs_f64());
+                }
+                continue;
+            }
             _ = tokio::signal::ctrl_c() => { interrupted = Some("interrupted (SIGINT)".to_string()); }
             _ = sigterm.recv() => { interrupted = Some("terminated (SIGTERM)".to_string()); }
         }
@@ -326,6 +367,14 @@ async fn drive(
         let dt = (t - prev_t).max(1e-3);
         let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt;
         peak = peak.max(c.connected);
+        if ramp_s.is_none() && c.connected >= plan.connections {
+            ramp_s = Some(t);
+        }
+        if rss_before.is_some() {
+            rss_end = server_memory::rss(server_pids)
+                .ok()
+                .map(|r| (r, c.connected));
+        }
         if c.connected >= plan.connections {
             push_go.store(true, std::sync::atomic::Ordering::Relaxed);
         }
@@ -483,5 +532,9 @@ async fn drive(
         counters,
         total,
         peak,
+        ramp_s,
+        server_memory: rss_before
+            .zip(rss_end)
+            .map(|(before, (end, n))| ServerMemory::new(before, end, n)),
     })
 }

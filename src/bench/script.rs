@@ -411,6 +411,8 @@ mod tests {
             push_requests: 0,
             push_errors: 0,
             push_recipients: 0,
+            server_memory: None,
+            ramp_s: None,
         }
     }
 

@@ -47,6 +47,7 @@ pub use self::reconnect::{
     Disconnect, Session, SessionConfig, SessionError, SessionEvent, SessionState, TopicsUpdate,
     EVENT_BUFFER,
 };
+pub(crate) use self::url::percent_decode;
 pub use self::url::MiopUrl;
 use crate::protocol::{
     decode_buf, Bind, BindAck, Body, Close, CloseReason, Credential, Frame, Push,

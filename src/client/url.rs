@@ -92,7 +92,7 @@ impl fmt::Display for MiopUrl {
 }
 
 /// Decodes `%XX` escapes (userinfo may hold `@` or `:` escaped).
-fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod fault_proxy;
+pub mod mosquitto;
 pub mod netns;
 pub mod redis;
 pub mod seccomp;

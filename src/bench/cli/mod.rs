@@ -19,6 +19,8 @@ use clap::{Parser, ValueEnum};
 use self::address::resolve;
 pub use self::address::{parse_sources, parse_targets, Sources};
 pub use self::quantity::{parse_count, parse_count_or_zero, parse_duration, parse_rate};
+use super::mqtt::packet::QoS;
+use super::mqtt::MqttUrl;
 use crate::client::MiopUrl;
 
 /// miop-bench: a load generator for Miop push gateways (wrk for long-lived connections).
@@ -27,12 +29,17 @@ use crate::client::MiopUrl;
 /// from --start), then heartbeats at the interval the server asks for (or
 /// --ping-interval, or the script's delay()), and records every push it receives.
 ///
+/// The same workload runs against an MQTT 3.1.1 broker with an mqtt:// URL:
+/// CONNECT/CONNACK is the bind (client id `<--client-id>-<n>`), PINGREQ/PINGRESP
+/// the heartbeat, every client subscribes to the --push-to topic, and
+/// --push-rate publishes to it from one extra connection.
+///
 /// Example (the seed's qualification run):
 ///   miop-bench miop://$HOSTNAME:pk@10.0.0.1:7700/ -t 12 -c 60000 --latency -d 120m --timeout 15 -s delay.lua
 #[derive(Debug, Clone, Parser)]
 #[command(name = "miop-bench", version, about, long_about)]
 pub struct BenchArgs {
-    /// Target: miop://DEVICE_PREFIX:APP_KEY@HOST:PORT/
+    /// Target: miop://DEVICE_PREFIX:APP_KEY@HOST:PORT/ or mqtt://[USER:PASS@]HOST:PORT/
     pub url: String,
 
     /// Threads per run (split over worker processes).
@@ -62,6 +69,8 @@ pub struct BenchArgs {
     pub script: Option<PathBuf>,
 
     /// Heartbeat interval, instead of the one the server announces in BindAck.
+    /// mqtt://: the PINGREQ interval and CONNECT keep-alive (default 30s,
+    /// miopd's default heartbeat).
     #[arg(long, value_parser = parse_duration)]
     pub ping_interval: Option<Duration>,
 
@@ -136,13 +145,34 @@ pub struct BenchArgs {
     pub push_token: Option<String>,
 
     /// What each push targets: all (broadcast), device (a random device of
-    /// this run), or topic:NAME.
+    /// this run), or topic:NAME. mqtt://: the topic every client subscribes
+    /// to and the publisher publishes to (all = miop-bench/all).
     #[arg(long, default_value = "all")]
     pub push_to: String,
+
+    /// Stop pushing after this many pushes (e.g. 1: one fan-out to every
+    /// connection, whose time to the last recipient is the push max).
+    #[arg(long, value_parser = parse_count)]
+    pub push_count: Option<u64>,
+
+    /// mqtt://: client id prefix; connection n is `<PREFIX>-<n>` (n from --start)
+    /// and the publisher `<PREFIX>-publisher`.
+    #[arg(long = "client-id", default_value = "miop-bench")]
+    pub client_id: String,
+
+    /// mqtt://: QoS of the subscriptions and of the published messages (0 or
+    /// 1; QoS 1 messages are PUBACKed, like Miop pushes are acknowledged).
+    #[arg(long, default_value = "1", value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub qos: u8,
 
     /// Payload bytes per push (at least the timestamp).
     #[arg(long, default_value = "64", value_parser = parse_count_or_zero)]
     pub push_size: u64,
+
+    /// Process ids of the server under test on this machine (comma-separated):
+    /// the report gives their RSS before and after, per connection.
+    #[arg(long = "server-pid", value_delimiter = ',')]
+    pub server_pids: Vec<u32>,
 
     /// Seconds between progress lines (0 = none).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
@@ -182,10 +212,49 @@ impl Scenario {
     }
 }
 
+/// What the run connects to.
+#[derive(Debug, Clone)]
+pub enum BenchUrl {
+    Miop(MiopUrl),
+    Mqtt(MqttPlan),
+}
+
+impl BenchUrl {
+    fn addr(&self) -> String {
+        match self {
+            BenchUrl::Miop(u) => u.addr(),
+            BenchUrl::Mqtt(m) => m.url.addr(),
+        }
+    }
+}
+
+/// Secrets masked, as printed in reports.
+impl std::fmt::Display for BenchUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BenchUrl::Miop(u) => u.fmt(f),
+            BenchUrl::Mqtt(m) => m.url.fmt(f),
+        }
+    }
+}
+
+/// An `mqtt://` run: the broker, client ids, the topic and QoS.
+#[derive(Debug, Clone)]
+pub struct MqttPlan {
+    pub url: MqttUrl,
+    pub client_prefix: String,
+    /// Every client subscribes to it; the publisher publishes to it.
+    pub topic: String,
+    pub qos: QoS,
+}
+
+/// The topic of `--push-to all` on mqtt://.
+pub const MQTT_ALL_TOPIC: &str = "miop-bench/all";
+
 /// A validated run plan.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub url: MiopUrl,
+    pub url: BenchUrl,
     pub targets: Vec<SocketAddr>,
     pub sources: Vec<IpAddr>,
     pub threads: usize,
@@ -218,6 +287,8 @@ pub struct PushPlan {
     pub token: Option<String>,
     pub target: PushTarget,
     pub size: usize,
+    /// Pushes to send in all (None: until the run ends).
+    pub count: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,10 +301,38 @@ pub enum PushTarget {
 
 impl Plan {
     pub fn from_args(a: &BenchArgs) -> Result<Plan, String> {
-        let url: MiopUrl = a
-            .url
-            .parse()
-            .map_err(|e: crate::client::ClientError| e.to_string())?;
+        let url = if a.url.starts_with("mqtt://") {
+            let topic = match a.push_to.as_str() {
+                "all" => MQTT_ALL_TOPIC.to_owned(),
+                t => match t.strip_prefix("topic:") {
+                    Some(name) if !name.is_empty() => name.to_owned(),
+                    _ => {
+                        return Err(format!(
+                            "--push-to {t:?}: mqtt:// runs use all or topic:NAME"
+                        ))
+                    }
+                },
+            };
+            if a.client_id.is_empty() {
+                return Err("--client-id must not be empty".into());
+            }
+            BenchUrl::Mqtt(MqttPlan {
+                url: a.url.parse()?,
+                client_prefix: a.client_id.clone(),
+                topic,
+                qos: if a.qos == 0 {
+                    QoS::AtMostOnce
+                } else {
+                    QoS::AtLeastOnce
+                },
+            })
+        } else {
+            BenchUrl::Miop(
+                a.url
+                    .parse()
+                    .map_err(|e: crate::client::ClientError| e.to_string())?,
+            )
+        };
         if a.connections == 0 {
             return Err("-c/--connections must be at least 1".into());
         }
@@ -316,6 +415,9 @@ impl Plan {
             (_, Some(_)) => return Err("--churn-rate only applies to --scenario churn".into()),
             (_, None) => 0.0,
         };
+        if a.push_count.is_some() && a.push_rate.is_none() {
+            return Err("--push-count needs --push-rate".into());
+        }
         let push = match a.push_rate {
             None => None,
             Some(rate) if rate <= 0.0 => return Err("--push-rate must be positive".into()),
@@ -340,6 +442,7 @@ impl Plan {
                     token: a.push_token.clone(),
                     target,
                     size: a.push_size as usize,
+                    count: a.push_count,
                 })
             }
         };
@@ -371,8 +474,13 @@ impl Plan {
     }
 
     /// Device id of connection `index` (0-based within the run).
+    /// mqtt://: the client id.
     pub fn device_id(&self, index: u64) -> String {
-        format!("{}-{}", self.url.device_id, self.start + index)
+        let prefix = match &self.url {
+            BenchUrl::Miop(u) => &u.device_id,
+            BenchUrl::Mqtt(m) => &m.client_prefix,
+        };
+        format!("{prefix}-{}", self.start + index)
     }
 }
 
@@ -408,11 +516,58 @@ mod tests {
         assert_eq!(a.timeout, Duration::from_secs(15));
         assert_eq!(a.script.as_deref(), Some(std::path::Path::new("delay.lua")));
         let p = Plan::from_args(&a).unwrap();
-        assert_eq!(p.url.device_id, "vm-host");
-        assert_eq!(p.url.app_key, "pk");
+        let BenchUrl::Miop(u) = &p.url else {
+            panic!("{:?}", p.url)
+        };
+        assert_eq!(u.device_id, "vm-host");
+        assert_eq!(u.app_key, "pk");
         assert_eq!(p.targets, vec!["127.0.0.1:7700".parse().unwrap()]);
         assert_eq!(p.device_id(0), "vm-host-0");
         assert_eq!(p.scenario, Scenario::Stability);
+    }
+
+    #[test]
+    fn mqtt_urls_plan_the_same_workload() {
+        let a = args(&[
+            "mqtt://127.0.0.1:1883/",
+            "-c",
+            "100",
+            "--ping-interval",
+            "1s",
+            "--push-rate",
+            "1",
+            "--push-count",
+            "1",
+            "--qos",
+            "0",
+        ])
+        .unwrap();
+        let p = Plan::from_args(&a).unwrap();
+        let BenchUrl::Mqtt(m) = &p.url else {
+            panic!("{:?}", p.url)
+        };
+        assert_eq!((m.topic.as_str(), m.qos), (MQTT_ALL_TOPIC, QoS::AtMostOnce));
+        assert_eq!(p.device_id(7), "miop-bench-7");
+        assert_eq!(p.push.as_ref().unwrap().count, Some(1));
+        assert_eq!(p.url.to_string(), "mqtt://127.0.0.1:1883/");
+        let a = args(&[
+            "mqtt://u:p@127.0.0.1:1/",
+            "--client-id",
+            "x",
+            "--push-to",
+            "topic:t/1",
+        ]);
+        let p = Plan::from_args(&a.unwrap()).unwrap();
+        let BenchUrl::Mqtt(m) = &p.url else {
+            panic!("{:?}", p.url)
+        };
+        assert_eq!((m.topic.as_str(), m.qos), ("t/1", QoS::AtLeastOnce));
+        assert_eq!(p.device_id(0), "x-0");
+        assert_eq!(p.url.to_string(), "mqtt://u:***@127.0.0.1:1/");
+        let plan = |line: &[&str]| Plan::from_args(&args(line).unwrap()).unwrap_err();
+        assert!(plan(&["mqtt://127.0.0.1:1/", "--push-to", "device"]).contains("all or topic"));
+        assert!(plan(&["mqtt://127.0.0.1:1/", "--push-count", "1"]).contains("--push-rate"));
+        assert!(args(&["mqtt://127.0.0.1:1/", "--qos", "2"]).is_err());
     }
 
     #[test]

@@ -51,6 +51,31 @@ pub(super) fn header(o: &mut String, s: &Summary) {
         "Peak connected",
         &format!("{} sessions bound", fmt_count(s.peak_connected)),
     );
+    if let Some(r) = s.ramp_s {
+        meta_row(
+            o,
+            "Ramp",
+            &format!(
+                "{} connections up in {} ({}/s)",
+                fmt_count(s.connections),
+                fmt_secs(r),
+                fmt_rate(s.connections as f64 / r.max(1e-3))
+            ),
+        );
+    }
+    if let Some(m) = &s.server_memory {
+        meta_row(
+            o,
+            "Server memory",
+            &format!(
+                "RSS {:.1} MB before, {:.1} MB with {} connections: {:.0} bytes per connection",
+                m.rss_before_bytes as f64 / 1e6,
+                m.rss_end_bytes as f64 / 1e6,
+                fmt_count(m.connections),
+                m.bytes_per_connection
+            ),
+        );
+    }
     if let Some(limit) = s.link_limit {
         meta_row(
             o,

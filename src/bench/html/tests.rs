@@ -41,6 +41,8 @@ fn empty_summary() -> Summary {
         push_requests: 0,
         push_errors: 0,
         push_recipients: 0,
+        server_memory: None,
+        ramp_s: None,
     }
 }
 
@@ -284,6 +286,36 @@ fn empty_report_renders() {
     assert!(html.contains("No latency samples"));
     assert!(!html.contains("<svg"));
     assert!(!html.contains("Concurrency steps"));
+}
+
+#[test]
+fn ramp_and_server_memory_are_shown_when_measured() {
+    let mut summary = empty_summary();
+    summary.url = "mqtt://127.0.0.1:1883/".into();
+    summary.connections = 5000;
+    summary.ramp_s = Some(0.5);
+    summary.server_memory = Some(crate::bench::server_memory::ServerMemory::new(
+        8_000_000, 11_750_000, 5000,
+    ));
+    let html = render(&Report {
+        summary,
+        timeline: Vec::new(),
+    });
+    assert_clean(&html);
+    assert!(html.contains("<th>Ramp</th>"), "{html}");
+    assert!(html.contains("connections up in"), "{html}");
+    assert!(
+        html.contains(
+            "RSS 8.0 MB before, 11.8 MB with 5,000 connections: 750 bytes per connection"
+        ),
+        "{html}"
+    );
+    // Not measured: no rows.
+    let html = render(&Report {
+        summary: empty_summary(),
+        timeline: Vec::new(),
+    });
+    assert!(!html.contains("<th>Ramp</th>") && !html.contains("Server memory"));
 }
 
 #[test]
