@@ -242,7 +242,10 @@ impl Harness {
     }
 
     fn record(&mut self, key: ConnKey, batch: &[Bytes]) {
-        let c = self.conns.get_mut(&key).expect("a written connection is known");
+        let c = self
+            .conns
+            .get_mut(&key)
+            .expect("a written connection is known");
         for chunk in batch {
             c.stream.extend_from_slice(chunk);
         }
@@ -338,7 +341,10 @@ impl Harness {
                 assert!(!h.messages.is_empty(), "an empty handoff");
             }
             Intent::PushDone { tag, .. } => {
-                assert!(self.pushes_pending.remove(&tag), "PushDone {tag} not pending");
+                assert!(
+                    self.pushes_pending.remove(&tag),
+                    "PushDone {tag} not pending"
+                );
             }
             Intent::Notice(_) => {}
         }
@@ -371,7 +377,11 @@ impl Harness {
 
     fn timeouts(&mut self) {
         for _ in 0..10_000 {
-            if !self.engine.next_timeout().is_some_and(|t| t <= self.now.mono) {
+            if !self
+                .engine
+                .next_timeout()
+                .is_some_and(|t| t <= self.now.mono)
+            {
                 self.pump();
                 return;
             }
@@ -429,7 +439,14 @@ impl Harness {
         self.pump();
     }
 
-    fn push(&mut self, target: &Target, message_id: u8, payload_len: u16, ack: bool, keep: Option<u16>) {
+    fn push(
+        &mut self,
+        target: &Target,
+        message_id: u8,
+        payload_len: u16,
+        ack: bool,
+        keep: Option<u16>,
+    ) {
         let targets = match target {
             Target::Sessions(list) => PushTargets::Sessions(
                 list.iter()
@@ -485,7 +502,11 @@ impl Harness {
             let keys: Vec<_> = self.conns.keys().copied().collect();
             for key in keys {
                 self.wrote(key, true);
-                if self.conns.get(&key).is_some_and(|c| c.shut && c.held.is_none()) {
+                if self
+                    .conns
+                    .get(&key)
+                    .is_some_and(|c| c.shut && c.held.is_none())
+                {
                     self.release(key);
                 }
             }
@@ -495,13 +516,21 @@ impl Harness {
             }
             self.advance(Duration::from_secs(1));
         }
-        assert!(self.conns.is_empty(), "drain left {} connections", self.conns.len());
+        assert!(
+            self.conns.is_empty(),
+            "drain left {} connections",
+            self.conns.len()
+        );
         assert!(self.engine.is_empty());
         assert_eq!(self.engine.sessions(), 0);
         assert_eq!(self.engine.topics(), 0);
         assert_eq!(self.engine.sessions_with_unacked(), 0);
         assert!(self.online.is_empty());
-        assert!(self.pushes_pending.is_empty(), "pushes never done: {:?}", self.pushes_pending);
+        assert!(
+            self.pushes_pending.is_empty(),
+            "pushes never done: {:?}",
+            self.pushes_pending
+        );
     }
 }
 
@@ -550,7 +579,9 @@ fuzz_target!(|input: Input| {
                 }
             }
             Op::Frames { conn, frames, cuts } => {
-                let Some(key) = h.live_key(*conn) else { continue };
+                let Some(key) = h.live_key(*conn) else {
+                    continue;
+                };
                 let mut all = Vec::new();
                 for f in frames.iter().take(16) {
                     if let Some(b) = f.bytes() {

@@ -190,7 +190,13 @@ impl Checker {
                     // The ack must follow.
                     pending_topics_ack = Some(self.session.topics().to_vec());
                     assert!(
-                        matches!(out.get(i + 1), Some(Action::Send(Frame { body: Body::TopicsAck { .. }, .. }))),
+                        matches!(
+                            out.get(i + 1),
+                            Some(Action::Send(Frame {
+                                body: Body::TopicsAck { .. },
+                                ..
+                            }))
+                        ),
                         "Topics not followed by TopicsAck: {out:?}"
                     );
                 }
@@ -281,9 +287,17 @@ impl Checker {
         let before = self.session.state();
         self.step(|s, out| s.handle_timeout(now, &cfg, out), Kind::Other);
         if !due {
-            assert_eq!(self.session.state(), before, "timed out before the deadline");
+            assert_eq!(
+                self.session.state(),
+                before,
+                "timed out before the deadline"
+            );
         } else {
-            assert_eq!(self.session.state(), SessionState::Closing, "not closed at the deadline");
+            assert_eq!(
+                self.session.state(),
+                SessionState::Closing,
+                "not closed at the deadline"
+            );
         }
     }
 }
@@ -336,7 +350,11 @@ fuzz_target!(|input: Input| {
             Op::Timeout => c.timeout(),
             Op::AtDeadline(early) => {
                 if let Some(d) = c.session.deadline(&cfg) {
-                    let at = if *early { d - Duration::from_millis(1) } else { d };
+                    let at = if *early {
+                        d - Duration::from_millis(1)
+                    } else {
+                        d
+                    };
                     if at > c.now {
                         c.now = at;
                     }
@@ -354,7 +372,10 @@ fuzz_target!(|input: Input| {
             Op::Refuse(seq, retry, msg) => {
                 c.step(|s, out| s.refuse(*seq, *retry, msg, out), Kind::Other);
             }
-            Op::TransportClosed => c.step(|s, out| s.handle_transport_closed(out), Kind::TransportClosed),
+            Op::TransportClosed => c.step(
+                |s, out| s.handle_transport_closed(out),
+                Kind::TransportClosed,
+            ),
         }
     }
 });
