@@ -16,8 +16,8 @@ What it takes to hold a million Miop sessions on one host, done for you:
 5. optionally kills Redis for a while during the hold and measures how long
    presence takes to be consistent again, and checks `/v1/consistency` on
    every gateway at the end;
-   (the hold must be long enough: bound + --outage-after + outage +
-   convergence);
+   (--duration is miop-bench's -d, the whole run: it must cover the ramp,
+   --outage-after, the outage and the convergence);
 6. tears everything down by PID, also on Ctrl-C, and writes
    target/c1m/{c1m.json, gateways.html, run.json, run.html, summary.txt}.
 
@@ -236,12 +236,22 @@ def consistency(admin_ports):
     total = {"missing": 0, "stale": 0, "mismatched": 0, "pending": 0,
              "redis_entries": 0, "local_sessions": 0}
     for port in admin_ports:
-        c = http_get(port, "/v1/consistency", timeout=30)
+        c = http_get(port, "/v1/consistency", timeout=60)
         if not c or "missing" not in c:
             return None
         for k in total:
             total[k] += c.get(k, 0)
     return total
+
+
+def synced(admin_ports):
+    """Every gateway sees Redis up with nothing pending (cheap: /healthz)."""
+    for port in admin_ports:
+        h = http_get(port, "/healthz", timeout=5)
+        p = (h or {}).get("presence", {})
+        if p.get("redis") != "up" or p.get("pending", 1) != 0:
+            return False
+    return True
 
 
 def consistent(c, n):
@@ -305,7 +315,8 @@ def write_html(path, result):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sessions", nargs="?", type=int, default=1_000_000)
-    ap.add_argument("--hold", default="60s", help="hold once bound (miop-bench -d)")
+    ap.add_argument("--duration", default="5m",
+                    help="the whole run, ramp included (miop-bench -d)")
     ap.add_argument("--io", default=os.environ.get("MIOP_IO", "auto"))
     ap.add_argument("--per-gateway", type=int, default=18_000)
     ap.add_argument("--heartbeat", default="60s")
@@ -313,7 +324,8 @@ def main():
     ap.add_argument("--connect-rate", default=None)
     ap.add_argument("--threads", type=int, default=0, help="miop-bench -t (default: 2 per worker)")
     ap.add_argument("--no-redis", action="store_true", help="standalone gateways, no presence")
-    ap.add_argument("--push-rate", default=None, help="e.g. 0.2/s: broadcasts during the hold")
+    ap.add_argument("--push-rate", default=None, help="e.g. 1/s: broadcasts once all are bound")
+    ap.add_argument("--push-count", default=None, help="stop after this many broadcasts")
     ap.add_argument("--redis-outage", type=float, default=0,
                     help="kill Redis for this many seconds during the hold")
     ap.add_argument("--outage-after", type=float, default=20,
@@ -332,14 +344,14 @@ def main():
     sysctls = ensure_sysctls()
     params = {"sessions": a.sessions, "gateways": n_gw, "per_gateway": per_gw,
               "cores_per_gateway": 1, "io": a.io, "heartbeat": a.heartbeat,
-              "hold": a.hold, "redis": not a.no_redis,
+              "duration": a.duration, "redis": not a.no_redis,
               "fd_limit": hard, "connect_rate": a.connect_rate, "push_rate": a.push_rate,
               "redis_outage_s": a.redis_outage, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"],
                                        capture_output=True, text=True).stdout.strip(),
               "cpus": os.cpu_count()}
     log(f"{a.sessions:,} sessions: {n_gw} miopd x 1 core ({a.io}), "
-        f"heartbeat {a.heartbeat}, hold {a.hold}, redis {not a.no_redis}")
+        f"heartbeat {a.heartbeat}, duration {a.duration}, redis {not a.no_redis}")
 
     redis_port = None
     redis = None
@@ -367,7 +379,7 @@ def main():
     log(f"{n_gw} gateways ready")
 
     bench_cmd = [f"{a.bin}/miop-bench", f"miop://c1m:pk@127.0.0.1:{ports[0]}/",
-                 "-c", str(a.sessions), "-d", a.hold, "--latency", "--timeout", a.timeout,
+                 "-c", str(a.sessions), "-d", a.duration, "--latency", "--timeout", a.timeout,
                  "--json", f"{a.out}/run.json", "--report", f"{a.out}/run.html", "--progress", "5s"]
     if len(ports) > 1:
         bench_cmd += ["--target", ",".join(f"127.0.0.1:{p}" for p in ports[1:])]
@@ -378,6 +390,8 @@ def main():
     if a.push_rate:
         bench_cmd += ["--push-rate", a.push_rate, "--push-api", f"http://127.0.0.1:{admin_ports[0]}",
                       "--push-token", PUSH_TOKEN, "--push-to", "all"]
+    if a.push_count:
+        bench_cmd += ["--push-count", a.push_count]
     log(" ".join(bench_cmd))
     bench_out = open(f"{a.out}/summary.txt", "w")
     bench = subprocess.Popen(bench_cmd, stdout=subprocess.PIPE, text=True)
@@ -413,25 +427,28 @@ def main():
             redis = start_redis(redis_port)
             groups["redis"] = lambda: [redis.pid]
             t_back = time.time()
-            log("Redis back; waiting for presence to be consistent")
-            c = None
+            log("Redis back; waiting for every gateway to have written its presence")
             while time.time() - t_back < 300 and bench.poll() is None:
-                c = consistency(admin_ports)
-                if consistent(c, a.sessions):
+                if synced(admin_ports):
                     break
                 time.sleep(0.5)
+            t_synced = time.time()
+            c = consistency(admin_ports)
             outage.update({"sessions_before": before, "killed_for_s": round(t_back - t_kill, 1),
+                           "synced_after_s": round(t_synced - t_back, 1),
                            "consistent_after_s": round(time.time() - t_back, 1)
                            if consistent(c, a.sessions) else None,
+                           "full_check_took_s": round(time.time() - t_synced, 1),
                            "sessions_after": sampler.sessions, "consistency": c})
             log(f"outage: {outage}")
         if redis:
             t0 = time.time()
             c = None
             while bench.poll() is None:
-                c = consistency(admin_ports)
-                if consistent(c, a.sessions):
-                    break
+                if synced(admin_ports):
+                    c = consistency(admin_ports)
+                    if consistent(c, a.sessions):
+                        break
                 time.sleep(1)
             checks["consistency"] = c
             checks["consistent"] = consistent(c, a.sessions)
