@@ -857,6 +857,12 @@ async fn after_a_long_partition_the_gateway_still_hears_kicks_and_routed_pushes(
         metric(&a, "miop_redis_up") == 1.0 && consistent(&a, 2)
     });
     let converged = healed.elapsed();
+    // Pub/sub only reaches a node that is subscribed: wait for A's
+    // subscription to be back (a push published before that is not lost
+    // either: B answers 503 not_routed, tests/redis_outage.rs).
+    wait_until(LIMIT, "A subscribed to its push channel again", || {
+        subscribers() == "1"
+    });
 
     // A push through B to k-0, and k-1 binding on B, must both reach A.
     let (status, r) = push_one(&b, "k-0", "via B");

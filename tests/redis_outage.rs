@@ -274,3 +274,52 @@ async fn a_redis_error_while_storing_or_routing_is_a_503() {
         "OK"
     );
 }
+
+/// Redis places the device on a node that is not listening (it died and its
+/// lease has not lapsed yet, or it is cut off from Redis and not subscribed
+/// again): the publish reaches nobody, so the push is never counted as
+/// delivered. Without a ttl it is a 503 naming the node; with one it is kept
+/// and the device gets it when it binds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_on_a_node_that_does_not_listen_is_never_counted_as_delivered() {
+    let redis = Redis::start();
+    let a = node(&redis, "A");
+    redis_up(&a, true);
+    assert_eq!(
+        redis
+            .cli(&[
+                "HSET",
+                "miop:dev:parked",
+                "node",
+                "ghost",
+                "sid",
+                "1",
+                "since",
+                "0",
+                "epoch",
+                "1"
+            ])
+            .trim(),
+        "4"
+    );
+    let (status, r) = push(&a, r#"{"to": {"device": "parked"}, "payload": "lost?"}"#);
+    assert_eq!(status, 503, "{r}");
+    assert_eq!(counts(&r), (0, 0, 0), "{r}");
+    assert_eq!(r["not_routed"], json!(["parked"]), "{r}");
+    let e = r["error"].as_str().unwrap();
+    assert!(e.contains("(ghost) is not listening"), "{r}");
+
+    let (status, r) = push(
+        &a,
+        r#"{"to": {"device": "parked"}, "payload": "kept", "ttl": 60}"#,
+    );
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(counts(&r), (0, 1, 0), "{r}");
+    let mut c = a.bound("parked").await;
+    let (id, payload) = next_push(&mut c).await;
+    assert_eq!(
+        (id, &payload[..]),
+        (r["id"].as_u64().unwrap(), &b"kept"[..])
+    );
+    nothing_pending(&mut c).await;
+}

@@ -31,6 +31,14 @@
 //!      | "not_routed": [IDs]}  (device targets without a ttl: may be online elsewhere)
 //! ```
 //!
+//! A device that Redis places on a node that is not listening (no subscriber
+//! on its push channel: the node died and its lease has not lapsed yet, or
+//! it was cut off from Redis and has not subscribed again) would lose the
+//! message in pub/sub, so it is never counted as delivered: with a `ttl` the
+//! message is kept for it as for an offline device (`offline`; it gets it at
+//! its next bind), without one the answer is 503 with the device in
+//! `not_routed` and an error naming the node.
+//!
 //! Local deliveries that happened are still counted in `delivered`, so the
 //! caller can retry just the devices listed. A topic push or broadcast whose
 //! publish failed answers 503 with the local counts and no `other_nodes`. A
@@ -273,9 +281,26 @@ pub async fn handle(
                 failure = r.error;
                 // `unknown` only counts what Redis says is online nowhere.
                 report.unknown = r.nowhere.len() as u64;
+                // Online on a node that does not listen: with a TTL, keep it
+                // for them as for offline devices (they get it at their next
+                // bind); without, say it did not go out.
+                let mut keep = r.nowhere;
+                if !r.unheard.is_empty() {
+                    if ttl.is_some() {
+                        keep.extend(r.unheard);
+                    } else {
+                        failure.get_or_insert_with(|| {
+                            format!(
+                                "the node holding the device ({}) is not listening on Redis (down, or reconnecting)",
+                                r.unheard_node.as_deref().unwrap_or("?")
+                            )
+                        });
+                        failed.extend(r.unheard);
+                    }
+                }
                 // Online nowhere: keep it for them if the push has a TTL.
-                if let Some(ttl) = ttl.filter(|_| !r.nowhere.is_empty()) {
-                    let s = p.store_offline(&msg, ttl, &r.nowhere, deadline).await;
+                if let Some(ttl) = ttl.filter(|_| !keep.is_empty()) {
+                    let s = p.store_offline(&msg, ttl, &keep, deadline).await;
                     report.offline += s.stored;
                     report.unknown = 0;
                     failed.extend(s.failed);
@@ -304,7 +329,11 @@ pub async fn handle(
     if let Some(cause) = failure {
         // Redis did not answer for part of the push: say so, with what did
         // happen, so the caller can retry the rest.
-        let reason = format!("Redis unavailable: {cause}");
+        let reason = if cause.starts_with("the node holding") {
+            cause
+        } else {
+            format!("Redis unavailable: {cause}")
+        };
         metrics::counter!(m::PUSHES, "kind" => req.kind, "result" => "unavailable").increment(1);
         metrics::counter!(m::PUSH_RECIPIENTS, "outcome" => "unavailable")
             .increment(failed.len() as u64);

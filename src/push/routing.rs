@@ -26,6 +26,13 @@ pub(crate) struct Routed {
     pub failed: Vec<String>,
     /// Why, for the first failure.
     pub error: Option<String>,
+    /// Devices Redis says are online on a node that is not listening (no
+    /// subscriber on its push channel: dead with its lease not yet lapsed,
+    /// or cut off from Redis and not yet subscribed again). Pub/sub would
+    /// drop the message, so it is not counted as routed.
+    pub unheard: Vec<String>,
+    /// The first such node.
+    pub unheard_node: Option<String>,
 }
 
 impl RedisPresence {
@@ -101,6 +108,10 @@ impl RedisPresence {
                 Err(e) => Err(e),
             };
             match sent {
+                Ok(0) => {
+                    out.unheard_node.get_or_insert_with(|| node.clone());
+                    out.unheard.extend(msg.devices.unwrap_or_default());
+                }
                 Ok(_) => out.routed += n,
                 Err(e) => {
                     out.error = Some(format!("routing to the node holding the device: {e}"));
