@@ -47,8 +47,8 @@ pub use self::reconnect::{
     Disconnect, Session, SessionConfig, SessionError, SessionEvent, SessionState, TopicsUpdate,
     EVENT_BUFFER,
 };
-pub(crate) use self::url::percent_decode;
 pub use self::url::MiopUrl;
+pub(crate) use self::url::{percent_decode, split_host_port};
 use crate::protocol::{
     decode_buf, Bind, BindAck, Body, Close, CloseReason, Credential, Frame, Push,
     FLAG_ACK_REQUIRED, MAX_FRAME_LEN,

@@ -51,26 +51,7 @@ impl FromStr for MiopUrl {
         if key.is_empty() {
             return Err(bad("empty app key"));
         }
-        let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
-            let (h, after) = h.split_once(']').ok_or_else(|| bad("unclosed [ in host"))?;
-            (format!("[{h}]"), after.strip_prefix(':'))
-        } else {
-            match hostport.rsplit_once(':') {
-                Some((h, p)) => (h.to_owned(), Some(p)),
-                None => (hostport.to_owned(), None),
-            }
-        };
-        if host.is_empty() || host == "[]" {
-            return Err(bad("empty host"));
-        }
-        let port = match port {
-            None => DEFAULT_PORT,
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| bad("invalid port"))?,
-        };
+        let (host, port) = split_host_port(hostport, DEFAULT_PORT).map_err(bad)?;
         Ok(MiopUrl {
             device_id: percent_decode(device)
                 .ok_or_else(|| bad("invalid %-escape in device id"))?,
@@ -92,6 +73,36 @@ impl fmt::Display for MiopUrl {
 }
 
 /// Decodes `%XX` escapes (userinfo may hold `@` or `:` escaped).
+/// `HOST[:PORT]` of a URL's authority (`[v6]:port` keeps its brackets):
+/// the host and the port, `default_port` when none is given; the error says
+/// what is wrong. Shared by `miop://` and miop-bench's `mqtt://`.
+pub(crate) fn split_host_port(
+    hostport: &str,
+    default_port: u16,
+) -> Result<(String, u16), &'static str> {
+    let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
+        let (h, after) = h.split_once(']').ok_or("unclosed [ in host")?;
+        (format!("[{h}]"), after.strip_prefix(':'))
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), Some(p)),
+            None => (hostport.to_owned(), None),
+        }
+    };
+    if host.is_empty() || host == "[]" {
+        return Err("empty host");
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or("invalid port")?,
+    };
+    Ok((host, port))
+}
+
 pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());

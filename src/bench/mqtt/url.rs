@@ -7,7 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::client::percent_decode;
+use crate::client::{percent_decode, split_host_port};
 
 /// The IANA port for MQTT without TLS.
 pub const DEFAULT_PORT: u16 = 1883;
@@ -55,26 +55,7 @@ impl FromStr for MqttUrl {
                 (Some(dec(user)?), pass.map(dec).transpose()?)
             }
         };
-        let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
-            let (h, after) = h.split_once(']').ok_or_else(|| bad("unclosed [ in host"))?;
-            (format!("[{h}]"), after.strip_prefix(':'))
-        } else {
-            match hostport.rsplit_once(':') {
-                Some((h, p)) => (h.to_owned(), Some(p)),
-                None => (hostport.to_owned(), None),
-            }
-        };
-        if host.is_empty() || host == "[]" {
-            return Err(bad("empty host"));
-        }
-        let port = match port {
-            None => DEFAULT_PORT,
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| bad("invalid port"))?,
-        };
+        let (host, port) = split_host_port(hostport, DEFAULT_PORT).map_err(bad)?;
         Ok(MqttUrl {
             username,
             password,
