@@ -55,10 +55,26 @@ mod tests {
 
     #[test]
     fn own_rss_is_read_and_per_connection_is_the_growth_shared() {
-        let me = std::process::id();
-        let r = rss(&[me]).unwrap();
+        // A sleeping child: its RSS does not move between reads (this test
+        // process's does, with other tests running beside it).
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // Until it has exec'd and is asleep, its memory still changes.
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|st| st.contains("(sleep) S"))
+        {
+            assert!(std::time::Instant::now() < end, "sleep never slept");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let r = rss(&[pid]).unwrap();
         assert!(r > 0);
-        assert_eq!(rss(&[me, me]).unwrap() / 2 / 4096, r / 4096);
+        assert_eq!(rss(&[pid, pid]).unwrap(), 2 * r);
+        let _ = child.kill();
+        let _ = child.wait();
         assert!(rss(&[u32::MAX]).unwrap_err().contains("--server-pid"));
         let m = ServerMemory::new(1_000_000, 1_750_000, 1000);
         assert_eq!(m.bytes_per_connection, 750.0);
