@@ -21,3 +21,4 @@ pub mod presence;
 pub mod protocol;
 pub mod push;
 pub mod session;
+pub mod transport;
