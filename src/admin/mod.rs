@@ -76,6 +76,11 @@ async fn healthz(State(s): State<AdminState>) -> Response {
             None => json!({"mode": "standalone"}),
         },
         "listen": s.gateway.listen_addr.to_string(),
+        "listeners": gw.listeners.iter().map(|l| json!({
+            "transport": l.kind.name(),
+            "addr": l.addr.to_string(),
+            "proxy_protocol": l.proxy,
+        })).collect::<Vec<_>>(),
     });
     let code = if draining {
         StatusCode::SERVICE_UNAVAILABLE

@@ -166,13 +166,33 @@ fn run(config: Config) -> Result<(), String> {
         });
         let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
         let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-        // One machine-readable line on stdout for scripts and tests.
-        println!("miopd ready listen={} admin={}", gw.listen_addr, admin_addr);
+        let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+        // One machine-readable line on stdout for scripts and tests: the
+        // plain listener, the admin API, then any other device listener
+        // (tls=, ws=, wss=).
+        let others: String = gw
+            .listeners
+            .iter()
+            .skip(1)
+            .map(|l| format!(" {}={}", l.kind.name(), l.addr))
+            .collect();
+        println!("miopd ready listen={} admin={}{others}", gw.listen_addr, admin_addr);
+        for l in &gw.listeners {
+            tracing::info!(
+                transport = l.kind.name(),
+                addr = %l.addr,
+                proxy_protocol = l.proxy,
+                "device listener"
+            );
+        }
         let _ = std::io::stdout().flush();
         tracing::info!(admin = %admin_addr, "admin API listening");
-        let sig = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+        let sig = loop {
+            tokio::select! {
+                _ = term.recv() => break "SIGTERM",
+                _ = int.recv() => break "SIGINT",
+                _ = hup.recv() => reload_tls(&gw),
+            }
         };
         tracing::info!(
             signal = sig,
@@ -191,4 +211,27 @@ fn run(config: Config) -> Result<(), String> {
         );
         Ok(())
     })
+}
+
+/// SIGHUP: reads the TLS certificate and key again. New handshakes present
+/// the new certificate; established sessions are not touched. A bad file
+/// keeps the current certificate.
+fn reload_tls(gw: &gateway::Gateway) {
+    let Some(tls) = &gw.tls else {
+        tracing::info!("SIGHUP: no TLS listener, nothing to reload");
+        return;
+    };
+    match tls.reload() {
+        Ok(()) => {
+            metrics::counter!(miop::metrics::TLS_RELOADS, "result" => "ok").increment(1);
+            tracing::info!(
+                sessions = gw.sessions(),
+                "SIGHUP: TLS certificate reloaded; sessions kept"
+            )
+        }
+        Err(e) => {
+            metrics::counter!(miop::metrics::TLS_RELOADS, "result" => "error").increment(1);
+            tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the current one stays")
+        }
+    }
 }

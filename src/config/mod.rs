@@ -4,10 +4,13 @@
 mod admin_limits;
 mod limits;
 mod redact;
+mod transports;
 
 pub use self::admin_limits::AdminLimits;
 pub use self::limits::{default_exempt, parse_exempt, Limits};
 pub use self::redact::redact_url;
+use self::transports::TransportInput;
+pub use self::transports::{TransportConfig, DEFAULT_WS_PATH};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,6 +36,45 @@ pub struct Cli {
     /// Address for Miop device connections.
     #[arg(long, env = "MIOP_LISTEN")]
     pub listen: Option<SocketAddr>,
+
+    /// Address for Miop over TLS (`miops://`), e.g. 0.0.0.0:7701. Needs
+    /// --tls-cert and --tls-key.
+    #[arg(long, env = "MIOP_LISTEN_TLS")]
+    pub listen_tls: Option<SocketAddr>,
+
+    /// Address for Miop over WebSocket (`ws://`), e.g. 0.0.0.0:7702.
+    #[arg(long, env = "MIOP_LISTEN_WS")]
+    pub listen_ws: Option<SocketAddr>,
+
+    /// Address for Miop over WebSocket over TLS (`wss://`), e.g.
+    /// 0.0.0.0:7703. Needs --tls-cert and --tls-key.
+    #[arg(long, env = "MIOP_LISTEN_WSS")]
+    pub listen_wss: Option<SocketAddr>,
+
+    /// TLS certificate chain (PEM, leaf first). Reloaded with the key on
+    /// SIGHUP; sessions already established are kept.
+    #[arg(long, env = "MIOP_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "MIOP_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificates (PEM) for client certificates: when set, TLS clients
+    /// must present a certificate signed by one of them.
+    #[arg(long, env = "MIOP_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Request path of the WebSocket listeners [default: /miop].
+    #[arg(long, env = "MIOP_WS_PATH")]
+    pub ws_path: Option<String>,
+
+    /// Listeners whose connections start with a PROXY protocol (v1 or v2)
+    /// header naming the client's address (behind HAProxy or a cloud L4
+    /// balancer): comma-separated tcp, tls, ws, wss, or all. A connection
+    /// without a valid header on such a listener is closed and counted.
+    #[arg(long, env = "MIOP_PROXY_PROTOCOL", value_delimiter = ',')]
+    pub proxy_protocol: Vec<String>,
 
     /// Address for the admin HTTP API (/healthz, /metrics, /v1/...).
     /// Loopback by default: it is not meant for the internet.
@@ -251,6 +293,15 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<SocketAddr>,
+    pub listen_tls: Option<SocketAddr>,
+    pub listen_ws: Option<SocketAddr>,
+    pub listen_wss: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
+    pub ws_path: Option<String>,
+    #[serde(default)]
+    pub proxy_protocol: Vec<String>,
     pub admin: Option<SocketAddr>,
     pub cores: Option<usize>,
     #[serde(default, with = "opt_duration")]
@@ -313,6 +364,8 @@ mod opt_duration {
 #[derive(Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// TLS, WebSocket and PROXY protocol listeners.
+    pub transports: TransportConfig,
     pub admin: SocketAddr,
     pub cores: usize,
     pub session: SessionConfig,
@@ -337,6 +390,7 @@ impl std::fmt::Debug for Config {
         let set = |o: &Option<String>| o.as_ref().map(|_| "<set>");
         f.debug_struct("Config")
             .field("listen", &self.listen)
+            .field("transports", &self.transports)
             .field("admin", &self.admin)
             .field("cores", &self.cores)
             .field("session", &self.session)
@@ -484,7 +538,22 @@ impl Config {
                     .into(),
             );
         }
+        let transports = TransportConfig::resolve(TransportInput {
+            listen_tls: cli.listen_tls.or(file.listen_tls),
+            listen_ws: cli.listen_ws.or(file.listen_ws),
+            listen_wss: cli.listen_wss.or(file.listen_wss),
+            tls_cert: cli.tls_cert.or(file.tls_cert),
+            tls_key: cli.tls_key.or(file.tls_key),
+            tls_client_ca: cli.tls_client_ca.or(file.tls_client_ca),
+            ws_path: cli.ws_path.or(file.ws_path),
+            proxy_protocol: if cli.proxy_protocol.is_empty() {
+                file.proxy_protocol
+            } else {
+                cli.proxy_protocol
+            },
+        })?;
         Ok(Config {
+            transports,
             limits,
             listen: cli
                 .listen

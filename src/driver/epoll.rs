@@ -65,10 +65,10 @@ pub struct EpollCore {
     engine: Engine,
     link: Link,
     io: Io,
-    listener: std::net::TcpListener,
+    listeners: Vec<std::net::TcpListener>,
     accepting: bool,
-    /// The listener may have connections waiting (edge-triggered).
-    accept_pending: bool,
+    /// Per listener: it may have connections waiting (edge-triggered).
+    accept_pending: Vec<bool>,
     accept_paused_until: Option<Instant>,
     accept_backoff: Duration,
     alarm: Alarm,
@@ -102,13 +102,16 @@ impl EpollCore {
         }
         // SAFETY: raw is a new fd we own.
         let epfd = unsafe { OwnedFd::from_raw_fd(raw) };
-        p.listener.set_nonblocking(true)?;
-        epoll_add(
-            epfd.as_raw_fd(),
-            p.listener.as_raw_fd(),
-            (libc::EPOLLIN | libc::EPOLLET) as u32,
-            LISTEN_TOKEN,
-        )?;
+        for (i, l) in p.listeners.iter().enumerate() {
+            l.set_nonblocking(true)?;
+            epoll_add(
+                epfd.as_raw_fd(),
+                l.as_raw_fd(),
+                (libc::EPOLLIN | libc::EPOLLET) as u32,
+                LISTEN_TOKEN - i as u64,
+            )?;
+        }
+        let listeners = p.listeners.len();
         Ok(EpollCore {
             engine: Engine::new(p.engine, Now::read(), p.capacity),
             link: p.link,
@@ -124,9 +127,9 @@ impl EpollCore {
                 stats: DriverStats::default(),
                 fd_budget: p.fd_budget.clone(),
             },
-            listener: p.listener,
+            listeners: p.listeners,
             accepting: true,
-            accept_pending: true,
+            accept_pending: vec![true; listeners],
             accept_paused_until: None,
             accept_backoff: Duration::from_millis(5),
             alarm: Alarm::default(),
@@ -152,10 +155,9 @@ impl EpollCore {
         {
             self.accepting = false;
             tracing::debug!(core = self.link.core, "accept loop stopped for drain");
-            let _ = nix::sys::socket::shutdown(
-                self.listener.as_raw_fd(),
-                nix::sys::socket::Shutdown::Both,
-            );
+            for l in &self.listeners {
+                let _ = nix::sys::socket::shutdown(l.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+            }
             self.turn.start_drain(now, drain, self.engine.connections());
         }
         let mut more = false;
@@ -196,8 +198,10 @@ impl EpollCore {
         }
         if self.accepting && self.accept_paused_until.is_none_or(|t| now.mono >= t) {
             self.accept_paused_until = None;
-            if self.accept_pending {
-                more |= self.accept(now);
+            for l in 0..self.listeners.len() {
+                if self.accept_pending[l] {
+                    more |= self.accept(now, l);
+                }
             }
         }
         more |= self
@@ -253,8 +257,8 @@ impl EpollCore {
 
     /// One event from the epoll set.
     fn event(&mut self, now: Now, flags: u32, data: u64) {
-        if data == LISTEN_TOKEN {
-            self.accept_pending = true;
+        if data > LISTEN_TOKEN - self.listeners.len() as u64 {
+            self.accept_pending[(LISTEN_TOKEN - data) as usize] = true;
             return;
         }
         let key = ConnKey(data as u32);
@@ -274,7 +278,7 @@ impl EpollCore {
 
     /// Accepts up to a budget of waiting connections. Returns whether more
     /// may be waiting.
-    fn accept(&mut self, now: Now) -> bool {
+    fn accept(&mut self, now: Now, listener: usize) -> bool {
         for _ in 0..BUDGET_CONNS {
             if !self.may_accept() {
                 // Waiting connections stay in the kernel's accept queue.
@@ -286,7 +290,7 @@ impl EpollCore {
             let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             let raw = unsafe {
                 libc::accept4(
-                    self.listener.as_raw_fd(),
+                    self.listeners[listener].as_raw_fd(),
                     &mut storage as *mut _ as *mut libc::sockaddr,
                     &mut len,
                     libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
@@ -296,7 +300,7 @@ impl EpollCore {
             if raw < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::WouldBlock {
-                    self.accept_pending = false;
+                    self.accept_pending[listener] = false;
                     return false;
                 }
                 let kind = accept_errno_index(e.raw_os_error());
@@ -320,7 +324,7 @@ impl EpollCore {
             super::failpoint(self.panic_on_accept, self.link.core);
             super::tune_accepted(raw, self.sndbuf);
             self.io.fd_budget.opened();
-            let key = self.engine.accept(now, peer);
+            let key = self.engine.accept_on(now, peer, listener);
             if let Err(e) = self.io.insert(key, fd) {
                 tracing::warn!(core = self.link.core, error = %e, "cannot watch a new connection");
                 self.engine

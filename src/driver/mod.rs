@@ -109,7 +109,10 @@ fn disabled_hint() -> String {
 pub struct CoreParams {
     pub engine: EngineConfig,
     pub link: Link,
-    pub listener: std::net::TcpListener,
+    /// The core's sockets of each device listener, in the order of the
+    /// engine's `transports.listeners` (its index is passed to
+    /// `Engine::accept_on`).
+    pub listeners: Vec<std::net::TcpListener>,
     /// Connection rows to reserve (virtual memory until used).
     pub capacity: usize,
     /// Accept operations kept in flight (io_uring).

@@ -12,6 +12,7 @@ use super::budget::Budget;
 use super::outbound::Outbound;
 use super::timers::NO_TIMER;
 use crate::session::{Session, SessionState};
+use crate::transport::Wire;
 
 /// A peer address in 16 bytes instead of `SocketAddr`'s 32: IPv6 peers are
 /// boxed (mobile carriers' IPv6 is common, but the box is one allocation only
@@ -72,6 +73,9 @@ impl Active {
 pub const WRITING: u8 = 1;
 pub const SHUT: u8 = 2;
 pub const FLUSH_QUEUED: u8 = 4;
+/// The connection counts against its address in admission control (behind a
+/// PROXY header, only once the header named the address).
+pub const ADMITTED: u8 = 8;
 
 pub struct Conn {
     pub session: Session,
@@ -83,8 +87,11 @@ pub struct Conn {
     pub budget: Budget,
     /// [`WRITING`]: a batch is with the driver; [`SHUT`]: the driver was told
     /// to shut the socket down (the row waits for `released`);
-    /// [`FLUSH_QUEUED`]: the connection is in the engine's flush list.
+    /// [`FLUSH_QUEUED`]: the connection is in the engine's flush list;
+    /// [`ADMITTED`]: counted by admission control.
     pub flags: u8,
+    /// TLS, WebSocket, PROXY header: None on plain TCP.
+    pub wire: Option<Box<Wire>>,
 }
 
 impl Conn {
@@ -96,6 +103,7 @@ impl Conn {
             timer_ms: NO_TIMER,
             budget,
             flags: 0,
+            wire: None,
         }
     }
 
@@ -127,6 +135,16 @@ impl Conn {
         self.active.as_ref().map_or(0, |a| a.outbound.queued())
     }
 
+    /// The transport has bytes of its own to send (handshake, alert, reply).
+    pub fn wire_wants_write(&self) -> bool {
+        self.wire.as_ref().is_some_and(|w| w.wants_write())
+    }
+
+    /// Miop frames may be written (every transport handshake is done).
+    pub fn wire_ready(&self) -> bool {
+        self.wire.as_ref().is_none_or(|w| w.ready())
+    }
+
     /// Frees the buffers once nothing is moving.
     pub fn compact(&mut self) {
         if self.active.as_ref().is_some_and(|a| a.is_idle()) {
@@ -143,7 +161,7 @@ mod tests {
     fn rows_stay_small() {
         // The row is the largest per-session cost of the engine: keep an eye
         // on it (docs/BENCHMARKS.md itemises the bytes per idle session).
-        assert_eq!(std::mem::size_of::<Conn>(), 136);
+        assert_eq!(std::mem::size_of::<Conn>(), 144);
         assert_eq!(std::mem::size_of::<Peer>(), 16);
     }
 }

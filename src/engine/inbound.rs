@@ -4,18 +4,27 @@
 use std::net::SocketAddr;
 
 use super::budget::Budget;
-use super::conn::{Conn, SHUT};
+use super::conn::{Conn, ADMITTED, SHUT};
 use super::{ConnKey, Engine, Intent, Notice, Now, PresenceEvent, SessionRef};
 use crate::protocol::{self, Body, CloseReason, MAX_BIND_FRAME_LEN};
 use crate::session::{Action, PresenceChange, Session, SessionState};
+use crate::transport::Wire;
 
 /// Shortest retry-after hint for a session closed as RATE_LIMITED.
 const RATE_LIMITED_RETRY_MS: u32 = 30_000;
 
 impl Engine {
-    /// A connection was accepted. Returns its key; the session must Bind
-    /// within the bind timeout.
+    /// A connection was accepted on the node's first listener (plain TCP in
+    /// tests). Returns its key; the session must Bind within the bind timeout.
     pub fn accept(&mut self, now: Now, peer: SocketAddr) -> ConnKey {
+        self.accept_on(now, peer, 0)
+    }
+
+    /// A connection was accepted on listener number `listener` (an index
+    /// into the configuration's transports). Returns its key; the session
+    /// must Bind within the bind timeout, which also bounds the transport's
+    /// handshakes.
+    pub fn accept_on(&mut self, now: Now, peer: SocketAddr, listener: usize) -> ConnKey {
         let serial = self.next_serial;
         self.next_serial += 1;
         // Core id in the top bits makes session ids unique per node without a
@@ -28,9 +37,14 @@ impl Engine {
             2.0 * l.frames_per_sec as f32,
             2.0 * l.bytes_per_sec as f32,
         );
-        let slot = self
-            .conns
-            .insert(Conn::new(Session::new(session_id, now.mono), peer, budget));
+        let spec = self.cfg.transports.spec(listener);
+        let (wire, failure) = match Wire::new(spec, &self.cfg.transports) {
+            Ok(w) => (w, None),
+            Err(f) => (None, Some(f)),
+        };
+        let mut conn = Conn::new(Session::new(session_id, now.mono), peer, budget);
+        conn.wire = wire;
+        let slot = self.conns.insert(conn);
         let key = ConnKey(slot as u32);
         self.high_water = self.high_water.max(slot + 1);
         self.stats.accepted += 1;
@@ -38,23 +52,49 @@ impl Engine {
         let at = SessionRef { key, session_id };
         if self.draining {
             self.kick(now, at, CloseReason::ServerShutdown);
-        } else if let Err(r) = self.admission.on_accept(peer.ip(), now_ms) {
+        } else if let Some(f) = failure {
+            // A listener whose transport cannot start (never with a
+            // configuration that passed start-up checks).
+            self.transport_failed(now, key, f);
+        } else if !spec.proxy {
+            // Behind a PROXY header the address is known only once the
+            // header arrives: admission waits for it.
+            self.admit(now, at, peer);
+        }
+        key
+    }
+
+    /// Admission control for a connection from `peer` (the socket's, or
+    /// the one its PROXY header named).
+    pub(super) fn admit(&mut self, now: Now, at: SessionRef, peer: SocketAddr) {
+        let now_ms = self.timers.ms_floor(now.mono);
+        let Some(c) = self.conns.get_mut(at.key.index()) else {
+            return;
+        };
+        c.set(ADMITTED, true);
+        if let Err(r) = self.admission.on_accept(peer.ip(), now_ms) {
             // Told at once, with when to come back, instead of a silent drop.
             self.stats.refused[r as usize] += 1;
             let retry = self.admission.retry_after(r.retry_base_ms());
             let mut actions = std::mem::take(&mut self.scratch);
-            if let Some(c) = self.conns.get_mut(slot) {
-                c.session.refuse(0, retry, r.message(), &mut actions);
-            }
+            c.session.refuse(0, retry, r.message(), &mut actions);
             self.apply(now, at, &mut actions);
             self.scratch = actions;
         }
-        key
     }
 
     /// Bytes read from a connection (never empty: EOF is
     /// [`Engine::on_transport_end`]).
     pub fn on_bytes(&mut self, now: Now, key: ConnKey, bytes: &[u8]) {
+        match self.conns.get(key.index()) {
+            Some(c) if c.wire.is_some() => self.on_wire_bytes(now, key, bytes),
+            _ => self.on_miop_bytes(now, key, bytes),
+        }
+    }
+
+    /// Miop bytes from the peer: straight from the socket on plain TCP, or
+    /// unwrapped by the connection's transport layers.
+    pub(super) fn on_miop_bytes(&mut self, now: Now, key: ConnKey, bytes: &[u8]) {
         let mut actions = std::mem::take(&mut self.scratch);
         let Some(c) = self.conns.get_mut(key.index()) else {
             return;
@@ -285,7 +325,17 @@ impl Engine {
                     self.stats.closed_reason(reason);
                     match reason {
                         CloseReason::HeartbeatTimeout => self.stats.heartbeat_timeouts += 1,
-                        CloseReason::BindTimeout => self.stats.bind_timeouts += 1,
+                        CloseReason::BindTimeout => {
+                            self.stats.bind_timeouts += 1;
+                            // The bind timeout bounds transport handshakes too.
+                            if let Some(layer) = c.wire.as_ref().and_then(|w| w.handshaking_layer())
+                            {
+                                self.stats.transport_failure(crate::transport::WireFailure {
+                                    layer,
+                                    reason: "handshake_timeout",
+                                });
+                            }
+                        }
                         _ => {}
                     }
                     self.begin_close(now, at.key);

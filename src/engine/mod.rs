@@ -30,6 +30,7 @@ mod push;
 mod stats;
 mod timers;
 mod topics;
+mod transport;
 
 #[cfg(test)]
 pub mod testing;
@@ -38,6 +39,7 @@ mod tests;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
@@ -50,12 +52,15 @@ pub use self::event::{ConnKey, Intent, Notice, Now, PresenceEvent, SessionRef, T
 use self::fanout::Job;
 pub use self::outbound::MAX_BATCH_CHUNKS;
 pub use self::push::{PushJob, PushOutcome, PushTargets, Unacked, UnackedHandoff};
-pub use self::stats::{bind_result_name, close_kind_name, EngineStats, BIND_RESULTS, CLOSE_KINDS};
+pub use self::stats::{
+    bind_result_name, close_kind_name, EngineStats, BIND_RESULTS, CLOSE_KINDS, HANDSHAKE_KINDS,
+};
 use self::timers::Timers;
 use self::topics::TopicIndex;
 use crate::auth::Authenticator;
 use crate::config::{Limits, SlowConsumerPolicy};
 use crate::session::{Action, SessionConfig, SessionInfo, SessionState};
+use crate::transport::Transports;
 
 /// What an engine is configured with (the node's policy for its sessions).
 #[derive(Clone)]
@@ -74,6 +79,10 @@ pub struct EngineConfig {
     pub cores: u16,
     /// Seeds the jitter of retry-after hints (the engine reads no entropy).
     pub seed: u64,
+    /// The node's listeners and what each speaks (TLS, WebSocket, PROXY
+    /// header): connections accepted on a layered listener get a
+    /// [`crate::transport::Wire`].
+    pub transports: Arc<Transports>,
 }
 
 impl EngineConfig {
@@ -87,6 +96,7 @@ impl EngineConfig {
             limits: Limits::default(),
             cores: 1,
             seed: core as u64,
+            transports: Arc::new(Transports::default()),
         }
     }
 }
@@ -118,6 +128,8 @@ pub struct Engine {
     draining: bool,
     /// Reused for every session's actions: no allocation per read.
     scratch: Vec<Action>,
+    /// Reused for the Miop bytes a transport layer unwraps from a read.
+    unwrapped: Vec<u8>,
 }
 
 /// How often the push-to-ack bookkeeping drops entries past its window.
@@ -144,6 +156,7 @@ impl Engine {
             stats: EngineStats::default(),
             draining: false,
             scratch: Vec::new(),
+            unwrapped: Vec::new(),
         }
     }
 

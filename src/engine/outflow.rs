@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::conn::{FLUSH_QUEUED, SHUT, WRITING};
+use super::conn::{ADMITTED, FLUSH_QUEUED, SHUT, WRITING};
 use super::stats::{CLOSE_IO_ERROR, CLOSE_PEER};
 use super::{ConnKey, Engine, Intent, Now, SessionRef, TransportEnd};
 
@@ -21,11 +21,33 @@ impl Engine {
             if c.has(SHUT) || c.has(WRITING) {
                 continue;
             }
-            if let Some(batch) = c.active.as_mut().and_then(|a| a.outbound.take_batch()) {
+            // Miop frames wait for the transport's handshakes.
+            let frames = if c.wire_ready() {
+                c.active.as_mut().and_then(|a| a.outbound.take_batch())
+            } else {
+                None
+            };
+            let closing = c.closing();
+            let batch = match c.wire.as_mut() {
+                None => frames,
+                Some(wire) => {
+                    let last = frames.is_none() && closing;
+                    if last {
+                        // The session's last frame is written: the
+                        // transport's goodbye (close_notify, WebSocket
+                        // Close) follows.
+                        wire.close();
+                    }
+                    let mut out = Vec::new();
+                    wire.seal(frames.unwrap_or_default(), &mut out);
+                    (!out.is_empty()).then_some(out)
+                }
+            };
+            if let Some(batch) = batch {
                 c.set(WRITING, true);
                 return Some((key, batch));
             }
-            if c.closing() {
+            if closing {
                 // Everything the session wanted sent is written.
                 self.shutdown(key);
             } else {
@@ -55,7 +77,7 @@ impl Engine {
         if !ok {
             return self.on_transport_end(now, key, TransportEnd::IoError);
         }
-        if c.queued() > 0 || c.closing() {
+        if c.queued() > 0 || c.closing() || c.wire_wants_write() {
             self.flush_later(key);
         } else {
             c.compact();
@@ -94,7 +116,9 @@ impl Engine {
     pub fn released(&mut self, key: ConnKey) {
         if self.conns.get(key.index()).is_some_and(|c| c.has(SHUT)) {
             let c = self.conns.remove(key.index());
-            self.admission.on_release(c.peer.addr().ip());
+            if c.has(ADMITTED) {
+                self.admission.on_release(c.peer.addr().ip());
+            }
         }
     }
 
@@ -122,7 +146,14 @@ impl Engine {
         if c.has(SHUT) {
             return;
         }
-        if c.queued() == 0 && !c.has(WRITING) {
+        if !c.wire_ready() {
+            // A handshake never finished: no Miop frame can go out; only the
+            // transport's own bytes (an alert) may.
+            if let Some(a) = c.active.as_mut() {
+                a.outbound.clear_queued();
+            }
+        }
+        if c.queued() == 0 && !c.has(WRITING) && c.wire.is_none() {
             return self.shutdown(key);
         }
         let until = self.timers.ms_ceil(now.mono + self.cfg.close_linger);

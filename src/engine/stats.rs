@@ -12,6 +12,8 @@ pub const CLOSE_PEER: usize = 11;
 pub const CLOSE_IO_ERROR: usize = 12;
 /// Bind results: 0 is "ok", then each error code by wire value (1..=10).
 pub const BIND_RESULTS: usize = 11;
+/// Labels of [`EngineStats::handshakes`].
+pub const HANDSHAKE_KINDS: [&str; 3] = ["tls", "ws", "proxy"];
 
 /// Metric label of close kind `i`.
 pub fn close_kind_name(i: usize) -> &'static str {
@@ -50,6 +52,12 @@ pub struct EngineStats {
     /// Deadline entries that fired (each re-arms at most once): the timer's
     /// whole cost, which follows deadlines, not connections.
     pub timers_fired: u64,
+    /// Completed transport handshakes: TLS, WebSocket upgrades, PROXY
+    /// headers (see [`HANDSHAKE_KINDS`]).
+    pub handshakes: [u64; 3],
+    /// Transport failures by layer and reason (a small set: see
+    /// `crate::transport`).
+    pub transport_failures: Vec<(&'static str, &'static str, u64)>,
     /// Open connections (gauge).
     pub connections: u64,
     /// Bound sessions (gauge).
@@ -73,6 +81,8 @@ impl Default for EngineStats {
             refused: [0; REFUSALS],
             throttled: 0,
             timers_fired: 0,
+            handshakes: [0; 3],
+            transport_failures: Vec::new(),
             connections: 0,
             sessions: 0,
             bind_duration: Histogram::new(BIND_DURATION_BUCKETS),
@@ -90,8 +100,32 @@ impl EngineStats {
         self.binds[code.map_or(0, |c| c as usize)] += 1;
     }
 
+    pub fn transport_failure(&mut self, f: crate::transport::WireFailure) {
+        match self
+            .transport_failures
+            .iter_mut()
+            .find(|(l, r, _)| *l == f.layer && *r == f.reason)
+        {
+            Some(e) => e.2 += 1,
+            None => self.transport_failures.push((f.layer, f.reason, 1)),
+        }
+    }
+
     /// Adds another core's figures (gauges add up too).
     pub fn merge(&mut self, o: &EngineStats) {
+        for (a, b) in self.handshakes.iter_mut().zip(o.handshakes) {
+            *a += b;
+        }
+        for &(layer, reason, n) in &o.transport_failures {
+            match self
+                .transport_failures
+                .iter_mut()
+                .find(|(l, r, _)| *l == layer && *r == reason)
+            {
+                Some(e) => e.2 += n,
+                None => self.transport_failures.push((layer, reason, n)),
+            }
+        }
         self.accepted += o.accepted;
         for (a, b) in self.closed.iter_mut().zip(o.closed) {
             *a += b;

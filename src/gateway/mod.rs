@@ -46,6 +46,9 @@ use crate::engine::{EngineConfig, PushJob, PushTargets};
 use crate::metrics as m;
 use crate::protocol::{Body, CloseReason, Frame, Push, FLAG_ACK_REQUIRED};
 use crate::session::SessionInfo;
+use crate::transport::tls::TlsServer;
+use crate::transport::ws::WsConfig;
+use crate::transport::{ListenerSpec, Transports};
 
 /// A bound session, as the control plane sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +83,12 @@ pub struct Gateway {
     pub fd_limit: u64,
     /// The driver the cores run.
     pub io: Io,
+    /// The plain TCP listener's address.
     pub listen_addr: SocketAddr,
+    /// Every device listener (plain TCP first) with its actual address.
+    pub listeners: Vec<ListenerSpec>,
+    /// The TLS configuration, for reloading the certificate on SIGHUP.
+    pub tls: Option<Arc<TlsServer>>,
     drain_timeout: Duration,
     cores: Vec<mpsc::UnboundedSender<Command>>,
     index: Mutex<IndexState>,
@@ -106,11 +114,35 @@ pub fn start(
     io: Io,
     presence_feed: bool,
 ) -> Result<Gateway, String> {
-    let listeners = crate::driver::listener::bind_all(cfg.listen, cfg.cores, cfg.backlog)
-        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
-    let listen_addr = listeners[0]
-        .local_addr()
-        .map_err(|e| format!("cannot read the listen address: {e}"))?;
+    let tls = match &cfg.transports.tls {
+        Some(files) => Some(Arc::new(TlsServer::load(files.clone())?)),
+        None => None,
+    };
+    // Per listener, one SO_REUSEPORT socket per core; then per core, one
+    // socket of each listener.
+    let mut specs = Vec::new();
+    let mut sockets_of_core: Vec<Vec<std::net::TcpListener>> =
+        (0..cfg.cores).map(|_| Vec::new()).collect();
+    for (kind, addr, proxy) in cfg.transports.listeners(cfg.listen) {
+        let sockets = crate::driver::listener::bind_all(addr, cfg.cores, cfg.backlog)
+            .map_err(|e| format!("cannot listen on {addr} ({}): {e}", kind.name()))?;
+        let addr = sockets[0]
+            .local_addr()
+            .map_err(|e| format!("cannot read the listen address: {e}"))?;
+        specs.push(ListenerSpec { kind, addr, proxy });
+        for (core, s) in sockets.into_iter().enumerate() {
+            sockets_of_core[core].push(s);
+        }
+    }
+    let listen_addr = specs[0].addr;
+    let transports = Arc::new(Transports {
+        listeners: specs.clone(),
+        tls: tls.clone(),
+        ws: WsConfig {
+            path: cfg.transports.ws_path.clone(),
+            ..WsConfig::default()
+        },
+    });
     let (report_tx, reports) = mpsc::unbounded_channel();
     // Reserve for this core's share of the fd limit up front: untouched
     // capacity is only virtual memory, whereas growing by doubling would copy
@@ -124,7 +156,7 @@ pub fn start(
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut cores = Vec::with_capacity(cfg.cores);
     let mut threads = Vec::with_capacity(cfg.cores);
-    for (id, listener) in listeners.into_iter().enumerate() {
+    for (id, listeners) in sockets_of_core.into_iter().enumerate() {
         let id = id as u16;
         let (tx, rx) = mpsc::unbounded_channel();
         cores.push(tx);
@@ -133,10 +165,11 @@ pub fn start(
         engine.limits = cfg.limits.clone();
         engine.cores = cfg.cores as u16;
         engine.seed = seed ^ id as u64;
+        engine.transports = transports.clone();
         let params = CoreParams {
             engine,
             link: Link::new(id, rx, report_tx.clone()),
-            listener,
+            listeners,
             capacity: per_core,
             accepts_in_flight: ACCEPTS_IN_FLIGHT,
             fd_budget: fd_budget.clone(),
@@ -167,6 +200,8 @@ pub fn start(
         fd_limit,
         io,
         listen_addr,
+        listeners: specs,
+        tls,
         drain_timeout: cfg.drain_timeout,
         cores,
         index: Mutex::new(IndexState {

@@ -56,6 +56,12 @@ pub fn publish(cores: &[CoreStats]) -> String {
         counter!(ADMISSION_REFUSALS, "reason" => reason).absolute(engine.refused[i]);
     }
     counter!(INBOUND_THROTTLED).absolute(engine.throttled);
+    for (i, kind) in crate::engine::HANDSHAKE_KINDS.iter().enumerate() {
+        counter!(TRANSPORT_HANDSHAKES, "transport" => *kind).absolute(engine.handshakes[i]);
+    }
+    for &(layer, reason, n) in &engine.transport_failures {
+        counter!(TRANSPORT_FAILURES, "transport" => layer, "reason" => reason).absolute(n);
+    }
     counter!(ACCEPT_PAUSES).absolute(driver.accept_pauses);
     gauge!(ACCEPT_PAUSED).set(driver.accept_paused as f64);
     counter!(CORE_TURNS).absolute(driver.turns);

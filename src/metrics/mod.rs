@@ -58,6 +58,9 @@ pub const CORE_TURNS: &str = "miop_core_turns_total";
 pub const CORE_YIELDS: &str = "miop_core_yields_total";
 pub const BUILD_INFO: &str = "miop_build_info";
 pub const ADMISSION_REFUSALS: &str = "miop_admission_refusals_total";
+pub const TRANSPORT_HANDSHAKES: &str = "miop_transport_handshakes_total";
+pub const TRANSPORT_FAILURES: &str = "miop_transport_failures_total";
+pub const TLS_RELOADS: &str = "miop_tls_reloads_total";
 pub const INBOUND_THROTTLED: &str = "miop_inbound_throttled_total";
 pub const ACCEPT_PAUSES: &str = "miop_accept_pauses_total";
 pub const ACCEPT_PAUSED: &str = "miop_accept_paused_cores";
@@ -141,6 +144,18 @@ pub fn install() -> Result<PrometheusHandle, String> {
     describe_counter!(
         ADMISSION_REFUSALS,
         "Connections and Binds refused by admission control (Error UNAVAILABLE + Close TRY_LATER with a retry-after hint), by reason: conns_per_ip, accept_rate_per_ip, max_sessions, bind_rate."
+    );
+    describe_counter!(
+        TRANSPORT_HANDSHAKES,
+        "Completed transport handshakes, by transport: tls (TLS handshakes), ws (WebSocket upgrades), proxy (PROXY protocol headers read)."
+    );
+    describe_counter!(
+        TLS_RELOADS,
+        "TLS certificate reloads on SIGHUP, by result (ok, error: the current certificate stays)."
+    );
+    describe_counter!(
+        TRANSPORT_FAILURES,
+        "Connections closed because their transport failed, by transport (tls, ws, proxy) and reason: tls not_tls, no_client_cert, bad_client_cert, peer_alert (the client refused our certificate), incompatible, misbehaved, decrypt_error, handshake_timeout; ws bad_request, wrong_path, bad_version, text_message, ...; proxy missing, garbled, unsupported, too_long."
     );
     describe_counter!(
         INBOUND_THROTTLED,

@@ -119,6 +119,14 @@ impl Session {
         }
     }
 
+    /// The transport saw the peer alive without a Miop frame (a WebSocket
+    /// ping): counts for the heartbeat timeout like a frame.
+    pub fn note_liveness(&mut self, now: Instant) {
+        if self.state == SessionState::Bound {
+            self.last_inbound_ms = ms_between(self.opened_at, now);
+        }
+    }
+
     /// Handles one frame received from the peer.
     pub fn handle_frame(
         &mut self,

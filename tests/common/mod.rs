@@ -33,6 +33,8 @@ pub struct Miopd {
     /// The network namespace it runs in, if any (its admin API is reached
     /// from inside it).
     netns: Option<netns::Host>,
+    /// The `miopd ready ...` line.
+    ready: String,
 }
 
 #[derive(Default)]
@@ -130,6 +132,7 @@ impl Miopd {
         Miopd {
             listen: field("listen="),
             admin: field("admin="),
+            ready: line.clone(),
             child,
             log,
             netns: opts.netns,
@@ -142,6 +145,18 @@ impl Miopd {
             Some(host) => host.connect_std(self.admin, Duration::from_secs(10)),
             None => TcpStream::connect(self.admin),
         }
+    }
+
+    /// The address of another device listener from the ready line: "tls",
+    /// "ws" or "wss".
+    pub fn listener(&self, kind: &str) -> SocketAddr {
+        let prefix = format!("{kind}=");
+        self.ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {kind} listener in {:?}", self.ready))
+            .parse()
+            .unwrap()
     }
 
     pub fn pid(&self) -> i32 {

@@ -17,7 +17,8 @@ impl UringCore {
             return;
         }
         let addr = self.spare_addrs.pop().unwrap_or_else(AcceptAddr::new);
-        let mut op = ops::accept(self.listener.as_raw_fd(), addr);
+        let listener = &self.listeners[i / self.accepts_per_listener];
+        let mut op = ops::accept(listener.as_raw_fd(), addr);
         self.io.stats.accepts += 1;
         let waker = self.io.wake.waker(ACCEPT_TOKEN + i as u32);
         if poll_op(&mut op, &waker).is_pending() {
@@ -49,7 +50,9 @@ impl UringCore {
                 crate::driver::failpoint(self.panic_on_accept, self.link.core);
                 crate::driver::tune_accepted(raw, self.sndbuf);
                 self.io.fd_budget.opened();
-                let key = self.engine.accept(now, peer);
+                let key = self
+                    .engine
+                    .accept_on(now, peer, i / self.accepts_per_listener);
                 self.io.insert(key, fd);
                 self.io.arm_recv(key);
                 self.arm_accept(i);
@@ -81,8 +84,10 @@ impl UringCore {
     pub(super) fn stop_accepting(&mut self) {
         self.accepting = false;
         tracing::debug!(core = self.link.core, "accept loop stopped for drain");
-        // SAFETY: shutdown on the listener we own.
-        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
+        for l in &self.listeners {
+            // SAFETY: shutdown on a listener we own.
+            unsafe { libc::shutdown(l.as_raw_fd(), libc::SHUT_RDWR) };
+        }
     }
 
     /// Whether the fd budget lets this core accept (pausing, with a warning,

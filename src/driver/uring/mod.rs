@@ -92,8 +92,10 @@ pub struct UringCore {
     engine: Engine,
     link: Link,
     io: Io,
-    listener: std::net::TcpListener,
+    listeners: Vec<std::net::TcpListener>,
+    /// `accepts_per_listener` slots per listener, listener after listener.
     accepts: Vec<Option<AcceptOp>>,
+    accepts_per_listener: usize,
     /// Boxed: the kernel writes into the address while the op is in flight,
     /// so it must not move when the op (which owns the box) moves.
     #[allow(clippy::vec_box)]
@@ -132,9 +134,12 @@ impl UringCore {
                 stats: DriverStats::default(),
                 fd_budget: p.fd_budget.clone(),
             },
-            accepts: (0..p.accepts_in_flight.max(1)).map(|_| None).collect(),
+            accepts: (0..p.accepts_in_flight.max(1) * p.listeners.len())
+                .map(|_| None)
+                .collect(),
+            accepts_per_listener: p.accepts_in_flight.max(1),
             spare_addrs: Vec::new(),
-            listener: p.listener,
+            listeners: p.listeners,
             accepting: true,
             accept_paused_until: None,
             accept_backoff: Duration::from_millis(5),

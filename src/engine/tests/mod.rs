@@ -5,6 +5,7 @@ mod delivery;
 mod lifecycle;
 mod limits;
 mod timeouts;
+mod transports;
 
 pub use super::testing::*;
 pub use super::*;

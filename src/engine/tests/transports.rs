@@ -1,0 +1,277 @@
+//! Connections with transport layers, driven without sockets: a rustls
+//! client in memory talks TLS to the engine.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore};
+
+use super::*;
+use crate::protocol::{decode_buf, Push, FLAG_ACK_REQUIRED};
+use crate::transport::tls::{TlsFiles, TlsServer};
+use crate::transport::{ListenerKind, ListenerSpec, Transports};
+
+/// A CA and a server certificate for "localhost" it signed, as PEM files
+/// in a fresh directory.
+pub struct TestPki {
+    pub dir: std::path::PathBuf,
+    pub ca_der: CertificateDer<'static>,
+}
+
+impl TestPki {
+    pub fn new(tag: &str) -> TestPki {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let dir = std::env::temp_dir().join(format!("miop-pki-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+        TestPki {
+            dir,
+            ca_der: ca.der().clone(),
+        }
+    }
+
+    pub fn files(&self) -> TlsFiles {
+        TlsFiles {
+            cert: self.dir.join("cert.pem"),
+            key: self.dir.join("key.pem"),
+            client_ca: None,
+        }
+    }
+
+    pub fn client(&self) -> ClientConnection {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.ca_der.clone()).unwrap();
+        let config =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap()).unwrap()
+    }
+}
+
+/// An engine with a plain listener (0) and a TLS listener (1).
+fn tls_rig(pki: &TestPki) -> Rig {
+    let mut cfg = config(0);
+    let tls = Arc::new(TlsServer::load(pki.files()).unwrap());
+    let addr = "127.0.0.1:7701".parse().unwrap();
+    let mut t = Transports::plain("127.0.0.1:7700".parse().unwrap());
+    t.listeners.push(ListenerSpec {
+        kind: ListenerKind::Tls,
+        addr,
+        proxy: false,
+    });
+    t.tls = Some(tls);
+    cfg.transports = Arc::new(t);
+    Rig::with(cfg)
+}
+
+/// Moves bytes both ways until neither side has anything to say. Returns
+/// the Miop frames the client decrypted.
+fn exchange(rig: &mut Rig, key: ConnKey, client: &mut ClientConnection) -> Vec<Frame> {
+    let mut plain = BytesMut::new();
+    for _ in 0..20 {
+        let mut moved = false;
+        let mut out = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut out).unwrap();
+        }
+        if !out.is_empty() {
+            moved = true;
+            rig.engine.on_bytes(rig.now, key, &out);
+        }
+        while let Some((k, batch)) = rig.engine.poll_transmit() {
+            assert_eq!(k, key);
+            for b in batch {
+                moved = true;
+                let mut rd = &b[..];
+                while !rd.is_empty() {
+                    client.read_tls(&mut rd).unwrap();
+                }
+                if let Err(e) = client.process_new_packets() {
+                    panic!("client TLS error: {e}");
+                }
+            }
+            rig.engine.on_written(rig.now, k, true);
+        }
+        let mut buf = [0u8; 4096];
+        loop {
+            match client.reader().read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => plain.extend_from_slice(&buf[..n]),
+                Err(_) => break,
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    let mut frames = Vec::new();
+    while let Some(f) = decode_buf(&mut plain, 65_536).unwrap() {
+        frames.push(f);
+    }
+    frames
+}
+
+fn send(client: &mut ClientConnection, frame: Frame) {
+    client
+        .writer()
+        .write_all(&frame.to_bytes().unwrap())
+        .unwrap();
+}
+
+fn bind_frame(device: &str) -> Frame {
+    Frame::new(
+        1,
+        Body::Bind(Bind {
+            device_id: device.into(),
+            credential: Credential::AppKey(KEY.into()),
+            topics: vec![],
+        }),
+    )
+}
+
+#[test]
+fn a_tls_client_binds_pings_and_receives_pushes() {
+    let pki = TestPki::new("engine-ok");
+    let mut rig = tls_rig(&pki);
+    let key = rig
+        .engine
+        .accept_on(rig.now, "10.0.0.9:5000".parse().unwrap(), 1);
+    let mut client = pki.client();
+    assert!(exchange(&mut rig, key, &mut client).is_empty());
+    assert!(!client.is_handshaking(), "handshake completed");
+    assert_eq!(rig.engine.stats().handshakes[0], 1);
+
+    send(&mut client, bind_frame("tls-dev"));
+    let frames = exchange(&mut rig, key, &mut client);
+    assert!(
+        matches!(
+            frames[..],
+            [Frame {
+                body: Body::BindAck(_),
+                ..
+            }]
+        ),
+        "{frames:?}"
+    );
+    let at = rig.engine.session_of(key).expect("bound");
+
+    send(&mut client, Frame::new(7, Body::Ping));
+    let frames = exchange(&mut rig, key, &mut client);
+    assert!(
+        matches!(
+            frames[..],
+            [Frame {
+                seq: 7,
+                body: Body::Pong,
+                ..
+            }]
+        ),
+        "{frames:?}"
+    );
+
+    let frame = Frame {
+        seq: 0,
+        flags: FLAG_ACK_REQUIRED,
+        body: Body::Push(Push {
+            message_id: 42,
+            payload: bytes::Bytes::from_static(b"over tls"),
+        }),
+    };
+    rig.engine.push(
+        rig.now,
+        PushJob {
+            tag: 1,
+            targets: PushTargets::Sessions(vec![at]),
+            frame: frame.to_bytes().unwrap(),
+            message_id: 42,
+            ack: true,
+            keep_until_ms: None,
+        },
+    );
+    while rig.engine.work(rig.now, 1000) {}
+    let frames = exchange(&mut rig, key, &mut client);
+    match &frames[..] {
+        [Frame {
+            body: Body::Push(p),
+            ..
+        }] => assert_eq!((p.message_id, &p.payload[..]), (42, &b"over tls"[..])),
+        other => panic!("expected the push, got {other:?}"),
+    }
+
+    // A kick: the Close frame, then close_notify, then the socket.
+    assert!(rig.engine.kick(rig.now, at, CloseReason::ServerShutdown));
+    let frames = exchange(&mut rig, key, &mut client);
+    assert!(
+        matches!(
+            frames[..],
+            [Frame {
+                body: Body::Close(_),
+                ..
+            }]
+        ),
+        "{frames:?}"
+    );
+    let mut rest = Vec::new();
+    let closed = client.reader().read_to_end(&mut rest);
+    assert!(closed.is_ok(), "the server sent close_notify: {closed:?}");
+    let mut shut = false;
+    while let Some(i) = rig.engine.poll_intent() {
+        shut |= matches!(i, Intent::Shutdown(k) if k == key);
+    }
+    assert!(shut, "the socket is shut down after the goodbye");
+}
+
+#[test]
+fn plain_text_on_the_tls_port_is_refused_and_counted() {
+    let pki = TestPki::new("engine-plain");
+    let mut rig = tls_rig(&pki);
+    let key = rig
+        .engine
+        .accept_on(rig.now, "10.0.0.9:5001".parse().unwrap(), 1);
+    rig.engine
+        .on_bytes(rig.now, key, &bind_frame("plain").to_bytes().unwrap());
+    // An alert goes out, then the socket is shut down.
+    let mut wrote = 0;
+    while let Some((k, batch)) = rig.engine.poll_transmit() {
+        wrote += batch.iter().map(|b| b.len()).sum::<usize>();
+        rig.engine.on_written(rig.now, k, true);
+    }
+    assert!(wrote > 0, "a TLS alert was sent");
+    let mut shut = false;
+    while let Some(i) = rig.engine.poll_intent() {
+        shut |= matches!(i, Intent::Shutdown(k) if k == key);
+    }
+    assert!(shut);
+    assert!(rig.engine.session_of(key).is_none());
+    let failures = rig.engine.stats().transport_failures;
+    assert_eq!(failures, vec![("tls", "not_tls", 1)]);
+}
+
+#[test]
+fn a_handshake_that_never_finishes_ends_at_the_bind_timeout() {
+    let pki = TestPki::new("engine-slow");
+    let mut rig = tls_rig(&pki);
+    let key = rig
+        .engine
+        .accept_on(rig.now, "10.0.0.9:5002".parse().unwrap(), 1);
+    rig.advance(Duration::from_secs(6));
+    assert!(rig.shut.contains(&key), "shut down at the bind timeout");
+    assert_eq!(rig.engine.stats().bind_timeouts, 1);
+    assert_eq!(
+        rig.engine.stats().transport_failures,
+        vec![("tls", "handshake_timeout", 1)]
+    );
+}
