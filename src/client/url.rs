@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! miop://DEVICE:KEY@HOST[:PORT]/             TCP        (port 7700)
-//! miops://DEVICE:KEY@HOST[:PORT]/            TLS        (port 7701)
+//! miops://DEVICE:KEY@HOST[:PORT]/            TLS        (port 7710)
 //! ws://DEVICE:KEY@HOST[:PORT][/PATH]         WebSocket  (port 80, path /miop)
 //! wss://DEVICE:KEY@HOST[:PORT][/PATH]        WebSocket over TLS (port 443, path /miop)
 //! SCHEME://DEVICE@HOST[:PORT][/PATH]?token=TOKEN     a device token instead of an app key
@@ -52,11 +52,11 @@ impl Scheme {
 
     /// The port a URL of this scheme means when it names none (WebSocket
     /// URLs use the web's ports: a gateway listening on its own WebSocket
-    /// ports, 7702 and 7703, is reached with the port in the URL).
+    /// ports, 7720 and 7730, is reached with the port in the URL).
     pub fn default_port(self) -> u16 {
         match self {
             Scheme::Tcp => DEFAULT_PORT,
-            Scheme::Tls => 7701,
+            Scheme::Tls => 7710,
             Scheme::Ws => 80,
             Scheme::Wss => 443,
         }
@@ -425,13 +425,13 @@ mod tests {
         for (s, scheme, addr, path) in [
             ("miop://d:k@h", Scheme::Tcp, "h:7700", "/"),
             ("miop://d:k@h:1/ignored/path", Scheme::Tcp, "h:1", "/"),
-            ("miops://d:k@h/", Scheme::Tls, "h:7701", "/"),
+            ("miops://d:k@h/", Scheme::Tls, "h:7710", "/"),
             ("miops://d:k@h:8443", Scheme::Tls, "h:8443", "/"),
             ("ws://d:k@h", Scheme::Ws, "h:80", "/miop"),
-            ("ws://d:k@h:7702/", Scheme::Ws, "h:7702", "/miop"),
+            ("ws://d:k@h:7720/", Scheme::Ws, "h:7720", "/miop"),
             ("ws://d:k@h/push/v1?#frag", Scheme::Ws, "h:80", "/push/v1"),
             ("wss://d:k@h", Scheme::Wss, "h:443", "/miop"),
-            ("wss://d:k@h:7703/gw%20x", Scheme::Wss, "h:7703", "/gw%20x"),
+            ("wss://d:k@h:7730/gw%20x", Scheme::Wss, "h:7730", "/gw%20x"),
             ("WSS://d:k@h/", Scheme::Wss, "h:443", "/miop"),
             ("MIOP://d:k@h/", Scheme::Tcp, "h:7700", "/"),
         ] {
@@ -477,11 +477,11 @@ mod tests {
     #[test]
     fn ipv6_hosts() {
         let u = parse("miops://d:k@[2001:db8::1]/");
-        assert_eq!((u.host.as_str(), u.port), ("[2001:db8::1]", 7701));
+        assert_eq!((u.host.as_str(), u.port), ("[2001:db8::1]", 7710));
         assert_eq!(u.host_name(), "2001:db8::1");
-        assert_eq!(u.addr(), "[2001:db8::1]:7701");
-        let u = parse("wss://d@[::1]:7703/x?token=t");
-        assert_eq!((u.addr().as_str(), u.path.as_str()), ("[::1]:7703", "/x"));
+        assert_eq!(u.addr(), "[2001:db8::1]:7710");
+        let u = parse("wss://d@[::1]:7730/x?token=t");
+        assert_eq!((u.addr().as_str(), u.path.as_str()), ("[::1]:7730", "/x"));
         assert_eq!(parse("ws://d:k@example.org").host_name(), "example.org");
     }
 

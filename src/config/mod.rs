@@ -37,17 +37,17 @@ pub struct Cli {
     #[arg(long, env = "MIOP_LISTEN")]
     pub listen: Option<SocketAddr>,
 
-    /// Address for Miop over TLS (`miops://`), e.g. 0.0.0.0:7701. Needs
+    /// Address for Miop over TLS (`miops://`), e.g. 0.0.0.0:7710. Needs
     /// --tls-cert and --tls-key.
     #[arg(long, env = "MIOP_LISTEN_TLS")]
     pub listen_tls: Option<SocketAddr>,
 
-    /// Address for Miop over WebSocket (`ws://`), e.g. 0.0.0.0:7702.
+    /// Address for Miop over WebSocket (`ws://`), e.g. 0.0.0.0:7720.
     #[arg(long, env = "MIOP_LISTEN_WS")]
     pub listen_ws: Option<SocketAddr>,
 
     /// Address for Miop over WebSocket over TLS (`wss://`), e.g.
-    /// 0.0.0.0:7703. Needs --tls-cert and --tls-key.
+    /// 0.0.0.0:7730. Needs --tls-cert and --tls-key.
     #[arg(long, env = "MIOP_LISTEN_WSS")]
     pub listen_wss: Option<SocketAddr>,
 
