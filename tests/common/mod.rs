@@ -9,6 +9,7 @@
 pub mod fault_proxy;
 pub mod mosquitto;
 pub mod netns;
+pub mod pki;
 pub mod redis;
 pub mod seccomp;
 
