@@ -39,6 +39,8 @@
 mod handshake;
 mod inbound;
 mod outbound;
+#[cfg(test)]
+mod tests;
 
 use bytes::Bytes;
 
