@@ -275,8 +275,9 @@ impl Wire {
             return self.wants_write();
         }
         self.closed = true;
-        if self.ws.is_some() {
-            let frame = ws::WsServer::close_frame(1000);
+        if let Some(ws) = self.ws.as_mut() {
+            ws.sent_close();
+            let frame = ws::WsServer::close_frame(ws::CLOSE_NORMAL);
             match self.tls.as_mut() {
                 Some(conn) => {
                     let _ = conn.writer().write_all(&frame);
