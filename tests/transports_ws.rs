@@ -38,7 +38,9 @@ fn start(pki: &Pki) -> Miopd {
 }
 
 async fn send<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, f: Frame) {
-    ws.send(Message::Binary(f.to_bytes().unwrap())).await.unwrap();
+    ws.send(Message::Binary(f.to_bytes().unwrap()))
+        .await
+        .unwrap();
 }
 
 /// The next binary message, which must hold exactly one Miop frame; None
@@ -84,7 +86,9 @@ async fn session_works<S: AsyncRead + AsyncWrite + Unpin>(
     send(ws, Frame::new(2, Body::Ping)).await;
     let f = next(ws).await.expect("Pong");
     assert_eq!((f.seq, f.body), (2, Body::Pong));
-    ws.send(Message::Ping(Bytes::from_static(b"hi"))).await.unwrap();
+    ws.send(Message::Ping(Bytes::from_static(b"hi")))
+        .await
+        .unwrap();
     let pong = tokio::time::timeout(Duration::from_secs(10), ws.next())
         .await
         .unwrap();
@@ -166,7 +170,9 @@ async fn wrong_paths_plain_clients_and_text_messages_are_refused_and_counted() {
     });
 
     // A plain Miop client on the WebSocket port: not an HTTP request.
-    let mut plain = miop::client::Client::connect(gw.listener("ws")).await.unwrap();
+    let mut plain = miop::client::Client::connect(gw.listener("ws"))
+        .await
+        .unwrap();
     let r = plain
         .bind("plain", Credential::AppKey(KEY.into()), vec![])
         .await;

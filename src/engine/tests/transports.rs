@@ -275,3 +275,88 @@ fn a_handshake_that_never_finishes_ends_at_the_bind_timeout() {
         vec![("tls", "handshake_timeout", 1)]
     );
 }
+
+/// An engine with a plain listener (0), a WebSocket listener (1) and a
+/// plain listener behind a PROXY header (2).
+fn ws_proxy_rig() -> Rig {
+    let mut cfg = config(0);
+    let mut t = Transports::plain("127.0.0.1:7700".parse().unwrap());
+    t.listeners.push(ListenerSpec {
+        kind: ListenerKind::Ws,
+        addr: "127.0.0.1:7720".parse().unwrap(),
+        proxy: false,
+    });
+    t.listeners.push(ListenerSpec {
+        kind: ListenerKind::Tcp,
+        addr: "127.0.0.1:7701".parse().unwrap(),
+        proxy: true,
+    });
+    cfg.transports = Arc::new(t);
+    Rig::with(cfg)
+}
+
+/// A masked client frame (RFC 6455: client frames are masked).
+fn ws_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [0x11, 0x22, 0x33, 0x44];
+    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// Everything the engine wrote to `key` since the last call, as bytes.
+fn written_bytes(rig: &mut Rig, key: ConnKey) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some((k, batch)) = rig.engine.poll_transmit() {
+        assert_eq!(k, key);
+        for b in batch {
+            out.extend_from_slice(&b);
+        }
+        rig.engine.on_written(rig.now, k, true);
+    }
+    out
+}
+
+/// Moves the virtual clock and fires what is due, without decoding the
+/// writes as plain Miop (the rig's `advance` does).
+fn tick(rig: &mut Rig, d: Duration) {
+    rig.now.mono += d;
+    rig.now.unix_ms += d.as_millis() as u64;
+    while rig.engine.handle_timeouts(rig.now, 1000) {}
+}
+
+const UPGRADE: &[u8] = b"GET /miop HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+#[test]
+fn websocket_pings_keep_a_session_alive_past_its_heartbeat_timeout() {
+    let mut rig = ws_proxy_rig();
+    let key = rig
+        .engine
+        .accept_on(rig.now, "10.0.0.9:6000".parse().unwrap(), 1);
+    // The upgrade and the Bind in one read (a client may pipeline).
+    let mut input = UPGRADE.to_vec();
+    input.extend(ws_frame(2, &bind_frame("ws-dev").to_bytes().unwrap()));
+    rig.engine.on_bytes(rig.now, key, &input);
+    let out = written_bytes(&mut rig, key);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert!(text.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{text}");
+    assert!(rig.engine.session_of(key).is_some(), "bound");
+    // The heartbeat timeout is 30 s: WebSocket pings every 20 s keep it.
+    for _ in 0..5 {
+        tick(&mut rig, Duration::from_secs(20));
+        rig.engine.on_bytes(rig.now, key, &ws_frame(9, b"p"));
+        let pong = written_bytes(&mut rig, key);
+        assert_eq!(pong[0], 0x8A, "a Pong");
+    }
+    assert!(rig.engine.session_of(key).is_some(), "alive after 100 s");
+    // Silence: closed at the timeout.
+    tick(&mut rig, Duration::from_secs(31));
+    let out = written_bytes(&mut rig, key);
+    assert!(rig.engine.session_of(key).is_none(), "timed out");
+    // The Miop Close in one binary message, then the WebSocket Close.
+    assert_eq!(out[0], 0x82, "{out:?}");
+    assert_eq!(&out[out.len() - 4..], &[0x88, 2, 0x03, 0xE8], "{out:?}");
+    assert_eq!(rig.engine.stats().heartbeat_timeouts, 1);
+}
