@@ -360,3 +360,51 @@ fn websocket_pings_keep_a_session_alive_past_its_heartbeat_timeout() {
     assert_eq!(&out[out.len() - 4..], &[0x88, 2, 0x03, 0xE8], "{out:?}");
     assert_eq!(rig.engine.stats().heartbeat_timeouts, 1);
 }
+
+#[test]
+fn a_proxy_header_names_the_peer_and_admission_counts_that_address() {
+    let mut rig = ws_proxy_rig();
+    let lb: std::net::SocketAddr = "10.1.1.1:40000".parse().unwrap();
+    let key = rig.engine.accept_on(rig.now, lb, 2);
+    // No admission state before the header: the balancer's address is not
+    // the client's.
+    assert_eq!(rig.engine.tracked_addresses(), 0);
+    let mut input = b"PROXY TCP4 203.0.113.7 10.1.1.1 51234 7700\r\n".to_vec();
+    input.extend(bind_frame("behind-lb").to_bytes().unwrap());
+    // In two reads, split inside the header.
+    rig.engine.on_bytes(rig.now, key, &input[..10]);
+    assert!(rig.engine.session_of(key).is_none());
+    rig.engine.on_bytes(rig.now, key, &input[10..]);
+    rig.pump();
+    let at = rig.engine.session_of(key).expect("bound");
+    let view = rig.engine.inspect(rig.now, at).unwrap();
+    assert_eq!(view.peer, "203.0.113.7:51234".parse().unwrap());
+    assert_eq!(rig.engine.tracked_addresses(), 1);
+    assert_eq!(rig.engine.stats().handshakes[2], 1);
+}
+
+#[test]
+fn a_connection_without_a_proxy_header_is_closed_and_counted() {
+    let mut rig = ws_proxy_rig();
+    let key = rig
+        .engine
+        .accept_on(rig.now, "10.1.1.1:40001".parse().unwrap(), 2);
+    rig.engine
+        .on_bytes(rig.now, key, &bind_frame("no-header").to_bytes().unwrap());
+    assert!(
+        written_bytes(&mut rig, key).is_empty(),
+        "nothing is answered"
+    );
+    let mut shut = false;
+    while let Some(i) = rig.engine.poll_intent() {
+        shut |= matches!(i, Intent::Shutdown(k) if k == key);
+    }
+    assert!(shut);
+    assert_eq!(
+        rig.engine.stats().transport_failures,
+        vec![("proxy", "missing", 1)]
+    );
+    // Released without touching admission state it never had.
+    rig.engine.released(key);
+    assert_eq!(rig.engine.tracked_addresses(), 0);
+}
