@@ -39,6 +39,7 @@ mod error;
 pub mod fleet;
 mod reconnect;
 mod tls;
+mod tls_args;
 mod transport;
 mod url;
 mod ws;
@@ -57,6 +58,7 @@ pub use self::reconnect::{
     EVENT_BUFFER,
 };
 pub use self::tls::TlsOptions;
+pub use self::tls_args::TlsArgs;
 pub use self::transport::{Connector, Stream};
 pub(crate) use self::url::{percent_decode, split_host_port};
 pub use self::url::{MiopUrl, Scheme};
