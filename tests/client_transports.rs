@@ -646,3 +646,171 @@ async fn a_session_reconnects_over_tls() {
     assert!(reason.contains("not signed by a CA"), "{reason}");
     session.close().await;
 }
+
+/// Runs miop-bench (off the runtime, which keeps serving the gateway).
+async fn bench(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_miop-bench"))
+            .args(&args)
+            .output()
+            .expect("run miop-bench")
+    })
+    .await
+    .unwrap()
+}
+
+/// A short run of `connections` connections to `url`, trusting `ca`.
+fn bench_args(
+    url: String,
+    ca: &Path,
+    connections: u32,
+    json: &Path,
+    extra: &[&str],
+) -> Vec<String> {
+    let connections = connections.to_string();
+    let mut args: Vec<String> = [
+        url.as_str(),
+        "--ca",
+        ca.to_str().unwrap(),
+        "-t",
+        "1",
+        "-c",
+        &connections,
+        "-d",
+        "1s",
+        "--ping-interval",
+        "100ms",
+        "--progress",
+        "0",
+        "--no-reconnect",
+        "--json",
+        json.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn miop_bench_runs_over_tls_and_counts_handshake_failures() {
+    let pki = Pki::new();
+    let json = pki.dir.join("run.json");
+    let (addr, _events) = tls_gateway(pki.acceptor(false), false).await;
+    let out = bench(bench_args(
+        format!("miops://bench:k@{addr}/"),
+        &pki.ca,
+        20,
+        &json,
+        &["--latency"],
+    ))
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("@ miops://bench:***@{addr}/")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Handshake errors (TLS, WebSocket): 0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Latency Distribution (handshake)"),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let s = &report["summary"];
+    assert_eq!(s["counters"]["binds"], 20, "{s}");
+    assert_eq!(s["counters"]["handshake_errors"], 0, "{s}");
+    assert!(s["counters"]["pongs"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(s["latency"]["handshake"]["count"], 20, "{s}");
+
+    // An untrusted certificate: one clear line before the run.
+    let out = bench(bench_args(
+        format!("miops://bench:k@{addr}/"),
+        &pki.other_ca,
+        20,
+        &json,
+        &[],
+    ))
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("miop-bench: TLS: handshake with")
+            && stderr.contains("not signed by a CA this client trusts"),
+        "{stderr}"
+    );
+
+    // Handshakes that fail under load (the gateway hangs up on every
+    // connection after the preflight's handshake) are counted as handshake
+    // errors.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let flaky = listener.local_addr().unwrap();
+    let acceptor = pki.acceptor(false);
+    tokio::spawn(async move {
+        let mut shook = false;
+        while let Ok((tcp, _)) = listener.accept().await {
+            if !shook {
+                shook = acceptor.accept(tcp).await.is_ok();
+            }
+        }
+    });
+    let out = bench(bench_args(
+        format!("miops://bench:k@{flaky}/"),
+        &pki.ca,
+        5,
+        &json,
+        &[],
+    ))
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("handshake failed (the first; later ones are only counted)"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("Handshake errors (TLS, WebSocket): 5"),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let c = &report["summary"]["counters"];
+    assert_eq!(
+        (c["handshake_errors"].as_u64(), c["binds"].as_u64()),
+        (Some(5), Some(0)),
+        "{c}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn miop_bench_runs_over_websocket() {
+    let pki = Pki::new();
+    let json = pki.dir.join("ws.json");
+    let (addr, _seen) = ws_gateway(plain, Some("miop")).await;
+    let mut args = bench_args(format!("ws://bench:k@{addr}/"), &pki.ca, 20, &json, &[]);
+    // --ca is for TLS URLs only.
+    args.drain(1..3);
+    let out = bench(args).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let c = &report["summary"]["counters"];
+    assert_eq!(c["binds"], 20, "{c}");
+    assert!(c["pongs"].as_u64().unwrap() > 0, "{c}");
+    assert_eq!(c["read_errors"], 0, "{c}");
+}
