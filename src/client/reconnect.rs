@@ -266,10 +266,11 @@ enum Command {
 
 /// A device's connection that survives gateway restarts.
 ///
-/// [`Client`] is one TCP connection: when the gateway restarts, drains or
-/// kicks it, the connection is over and the caller starts again. A device
-/// wants the opposite: to *stay* reachable. A `Session` runs a [`Client`] in
-/// a tokio task and keeps one bound:
+/// [`Client`] is one connection (TCP, TLS or WebSocket): when the gateway
+/// restarts, drains or kicks it, the connection is over and the caller
+/// starts again. A device wants the opposite: to *stay* reachable. A
+/// `Session` runs a [`Client`] in a tokio task and keeps one bound, over the
+/// transport of its [`SessionConfig::connector`]:
 ///
 /// - it connects and binds with the device id, credential and topics of its
 ///   [`SessionConfig`] (plus the topics added with [`Session::subscribe`]

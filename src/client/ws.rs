@@ -307,15 +307,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
         Pin::new(&mut this.ws).poll_flush(cx).map_err(io_error)
     }
 
+    /// The WebSocket Close (after whatever was written), then the
+    /// underlying stream's own shutdown (TLS close_notify, TCP FIN).
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.as_mut().poll_flush(cx))?;
-        match ready!(Pin::new(&mut self.get_mut().ws).poll_close(cx)) {
-            Ok(())
-            | Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                Poll::Ready(Ok(()))
-            }
-            Err(e) => Poll::Ready(Err(io_error(e))),
+        let this = self.get_mut();
+        match ready!(Pin::new(&mut this.ws).poll_close(cx)) {
+            Ok(()) => {}
+            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {}
+            Err(e) => return Poll::Ready(Err(io_error(e))),
         }
+        Pin::new(this.ws.get_mut()).poll_shutdown(cx)
     }
 }
 
