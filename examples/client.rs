@@ -1,37 +1,55 @@
-//! A device in a terminal: binds with a `miop://DEVICE:KEY@host:port/` URL
-//! and the topics given after it, and stays bound: it heartbeats, prints
-//! every push (acknowledged, each message once), reconnects with backoff when
-//! the gateway goes away and binds again with its topics, prints each state
-//! change, and closes cleanly on Ctrl-C. It stops by itself only when the
-//! gateway says retrying is pointless: another client bound the same device
-//! (REPLACED), or the key is wrong.
+//! A device in a terminal: binds with a URL (`miop://`, `miops://`, `ws://`
+//! or `wss://`, PROTOCOL.md §2.5) and the topics given after it, and stays
+//! bound: it heartbeats, prints every push (acknowledged, each message once),
+//! reconnects with backoff when the gateway goes away and binds again with
+//! its topics, prints each state change, and closes cleanly on Ctrl-C. It
+//! stops by itself only when the gateway says retrying is pointless: another
+//! client bound the same device (REPLACED), or the key is wrong.
 //!
-//! `cargo run --example client -- miop://phone-1:pk@127.0.0.1:7700/ [TOPIC...]`
+//! ```text
+//! cargo run --example client -- miop://phone-1:pk@127.0.0.1:7700/ [TOPIC...]
+//! cargo run --example client -- miops://phone-1:pk@gw.example.com/ --ca ca.pem news
+//! cargo run --example client -- ws://phone-1:pk@127.0.0.1:7702/miop
+//! ```
+//!
+//! TLS flags (`miops://`, `wss://`): `--ca FILE`, `--client-cert FILE
+//! --client-key FILE`, `--server-name NAME`, and `--insecure` (checks no
+//! certificate: for tests only).
 
-use miop::client::{MiopUrl, Session, SessionConfig, SessionState};
+use clap::Parser;
+use miop::client::{MiopUrl, Session, SessionConfig, SessionState, TlsArgs};
 use tokio::sync::broadcast::error::RecvError;
+
+/// A Miop device in a terminal: binds, prints pushes, reconnects.
+#[derive(Parser)]
+struct Args {
+    /// miop://DEVICE:KEY@HOST[:PORT]/, or miops://, ws://, wss:// (?token=TOKEN instead of :KEY).
+    #[arg(default_value = "miop://phone-1:pk@127.0.0.1:7700/")]
+    url: String,
+    /// Topics to join.
+    topics: Vec<String>,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let mut args = std::env::args().skip(1);
-    let arg = args
-        .next()
-        .unwrap_or_else(|| "miop://phone-1:pk@127.0.0.1:7700/".into());
-    let url: MiopUrl = match arg.parse() {
-        Ok(u) => u,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
+    let args = Args::parse();
+    let fail = |e: &dyn std::fmt::Display| -> ! {
+        eprintln!("{e}");
+        std::process::exit(2);
     };
-    let config = SessionConfig::from_url(&url).topics(args);
-    let mut session = match Session::start(config) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
-    };
+    let url: MiopUrl = args.url.parse().unwrap_or_else(|e| fail(&e));
+    args.tls
+        .check_scheme(url.scheme)
+        .unwrap_or_else(|e| fail(&e));
+    if args.tls.insecure {
+        eprintln!("warning: --insecure: the server's certificate is not checked");
+    }
+    let config = SessionConfig::from_url_tls(&url, &args.tls.options())
+        .unwrap_or_else(|e| fail(&e))
+        .topics(args.topics);
+    let mut session = Session::start(config).unwrap_or_else(|e| fail(&e));
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
@@ -42,7 +60,7 @@ async fn main() {
             event = session.events.recv() => match event {
                 Ok(event) => match event.state {
                     SessionState::Connecting { attempt: 0 } => {
-                        println!("connecting to {}", url.addr());
+                        println!("connecting to {url}");
                     }
                     SessionState::Connecting { attempt } => {
                         println!("reconnecting (attempt {attempt})");

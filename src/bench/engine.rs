@@ -24,8 +24,8 @@ use super::mqtt::{self, MqttConn};
 use super::script::Script;
 use super::stats::{bump, Metric, ThreadStats};
 use crate::client::fleet::connect_from;
-use crate::client::{Client, ClientError, MiopUrl};
-use crate::protocol::{Body, Credential, Frame, FLAG_ACK_REQUIRED};
+use crate::client::{Client, ClientError, Connector, MiopUrl};
+use crate::protocol::{Body, Frame, FLAG_ACK_REQUIRED};
 
 /// Handshakes (connect + bind) in flight per thread at once. Without a rate,
 /// connections open as fast as the server completes them, up to this many
@@ -309,7 +309,8 @@ async fn backoff(stop_rx: &mut watch::Receiver<bool>, failures: u32) {
     }
 }
 
-/// Connects and binds, recording latencies and classifying failures.
+/// Connects (with the transport's handshakes) and binds, recording
+/// latencies and classifying failures.
 async fn handshake(
     ctx: &Ctx,
     url: &MiopUrl,
@@ -321,11 +322,15 @@ async fn handshake(
     let s = &ctx.stats;
     let _permit = ctx.handshakes.acquire().await.ok()?;
     let stream = tcp_connect(ctx, device, src, dst).await?;
-    let mut client = Client::from_stream(stream);
+    let mut client = match plan.connector.as_ref().filter(|c| !c.is_plain()) {
+        // miop://: nothing between the TCP connect and the Bind.
+        None => Client::from_stream(stream),
+        Some(connector) => transport_handshake(ctx, connector, device, stream).await?,
+    };
     let t1 = Instant::now();
     let bound = timeout(
         plan.timeout,
-        client.bind(device, Credential::AppKey(url.app_key.clone()), Vec::new()),
+        client.bind(device, url.credential(), Vec::new()),
     )
     .await;
     match bound {
@@ -351,6 +356,37 @@ async fn handshake(
             None
         }
     }
+}
+
+/// The TLS handshake and/or WebSocket upgrade after the TCP connect
+/// (miops://, ws://, wss://), timed as [`Metric::Handshake`]; a failure, or
+/// no completion within --timeout, is a handshake error. The first failure
+/// of the process is logged with its reason (the preflight has already
+/// checked one handshake, so these are failures under load).
+async fn transport_handshake(
+    ctx: &Ctx,
+    connector: &Connector,
+    device: &str,
+    stream: tokio::net::TcpStream,
+) -> Option<Client> {
+    static LOGGED: AtomicBool = AtomicBool::new(false);
+    let s = &ctx.stats;
+    let t0 = Instant::now();
+    let why = match timeout(ctx.plan.timeout, connector.handshake(stream)).await {
+        Ok(Ok(stream)) => {
+            s.record(Metric::Handshake, t0.elapsed());
+            return Some(Client::from_transport(stream));
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no handshake within {:?}", ctx.plan.timeout),
+    };
+    bump(&s.handshake_errors);
+    if !LOGGED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(%device, "handshake failed (the first; later ones are only counted): {why}");
+    } else {
+        tracing::debug!(%device, "handshake failed: {why}");
+    }
+    None
 }
 
 /// The TCP connect of a handshake (the caller holds a handshake permit),

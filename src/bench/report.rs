@@ -151,7 +151,13 @@ pub fn text(summary: &Summary, total: &Latencies, latency_distribution: bool) ->
         );
     }
     if latency_distribution {
-        for m in [Metric::Bind, Metric::Ping, Metric::Push, Metric::Connect] {
+        for m in [
+            Metric::Bind,
+            Metric::Ping,
+            Metric::Push,
+            Metric::Connect,
+            Metric::Handshake,
+        ] {
             let h = total.get(m);
             if h.is_empty() {
                 continue;
@@ -263,6 +269,14 @@ pub fn text(summary: &Summary, total: &Latencies, latency_distribution: bool) ->
         "  Socket errors: connect {}, read {}, write {}, timeout {}",
         c.connect_errors, c.read_errors, c.write_errors, c.timeouts
     );
+    // miops://, ws://, wss://: what the wrk line has no place for.
+    if c.handshake_errors > 0 || !total.get(Metric::Handshake).is_empty() {
+        let _ = writeln!(
+            o,
+            "  Handshake errors (TLS, WebSocket): {}",
+            c.handshake_errors
+        );
+    }
     let secs = summary.duration_s.max(1e-9);
     let _ = writeln!(o, "Binds/sec: {:>10.2}", c.binds as f64 / secs);
     let _ = writeln!(o, "Pings/sec: {:>10.2}", c.pongs as f64 / secs);

@@ -207,18 +207,47 @@ pub fn main(args: BenchArgs, raw: Vec<String>) -> i32 {
 }
 
 /// One plain TCP connect to every target, so that an unreachable server is
-/// one clear line instead of a run full of connect errors.
+/// one clear line instead of a run full of connect errors; over TLS or
+/// WebSocket, the first target's handshakes too, so that an untrusted
+/// certificate or a wrong WebSocket path is one clear line as well.
 fn preflight(plan: &Plan) -> Result<(), String> {
+    let limit = plan.timeout.min(Duration::from_secs(5));
     let mut seen = std::collections::HashSet::new();
     for t in &plan.targets {
         if !seen.insert(*t) {
             continue;
         }
-        let limit = plan.timeout.min(Duration::from_secs(5));
         std::net::TcpStream::connect_timeout(t, limit)
             .map_err(|e| format!("cannot connect to {t}: {e}"))?;
     }
-    Ok(())
+    let (Some(connector), Some(first)) = (&plan.connector, plan.targets.first()) else {
+        return Ok(());
+    };
+    if connector.is_plain() {
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let tcp = tokio::time::timeout(limit, tokio::net::TcpStream::connect(first))
+            .await
+            .map_err(|_| format!("cannot connect to {first}: no answer within {limit:?}"))?
+            .map_err(|e| format!("cannot connect to {first}: {e}"))?;
+        let mut stream = tokio::time::timeout(limit, connector.handshake(tcp))
+            .await
+            .map_err(|_| {
+                format!(
+                    "{first}: no {} handshake within {limit:?}",
+                    connector.scheme()
+                )
+            })?
+            .map_err(|e| e.to_string())?;
+        // Leave politely (close_notify, the WebSocket close).
+        let _ = tokio::time::timeout(limit, tokio::io::AsyncWriteExt::shutdown(&mut stream)).await;
+        Ok(())
+    })
 }
 
 struct Outcome {

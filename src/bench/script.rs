@@ -272,6 +272,7 @@ fn summary_table(lua: &Lua, s: &Summary) -> mlua::Result<Table> {
     let c = &s.counters;
     let errors = lua.create_table()?;
     errors.set("connect", int(c.connect_errors))?;
+    errors.set("handshake", int(c.handshake_errors))?;
     errors.set("read", int(c.read_errors))?;
     errors.set("write", int(c.write_errors))?;
     errors.set("timeout", int(c.timeouts))?;

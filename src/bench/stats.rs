@@ -37,6 +37,10 @@ pub struct Counters {
     pub write_errors: u64,
     /// Binds or pings without a reply within --timeout.
     pub timeouts: u64,
+    /// TLS handshakes or WebSocket upgrades that failed or did not finish
+    /// within --timeout (miops://, ws://, wss://).
+    #[serde(default)]
+    pub handshake_errors: u64,
 }
 
 impl Counters {
@@ -55,10 +59,12 @@ impl Counters {
         self.read_errors += o.read_errors;
         self.write_errors += o.write_errors;
         self.timeouts += o.timeouts;
+        self.handshake_errors += o.handshake_errors;
     }
 
     pub fn errors(&self) -> u64 {
         self.connect_errors
+            + self.handshake_errors
             + self.bind_errors
             + self.read_errors
             + self.write_errors
@@ -78,10 +84,19 @@ pub enum Metric {
     Ping,
     /// Push send timestamp (in the payload) → received.
     Push,
+    /// TCP connected → TLS handshake and/or WebSocket upgrade done
+    /// (miops://, ws://, wss://).
+    Handshake,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 4] = [Metric::Connect, Metric::Bind, Metric::Ping, Metric::Push];
+    pub const ALL: [Metric; 5] = [
+        Metric::Connect,
+        Metric::Bind,
+        Metric::Ping,
+        Metric::Push,
+        Metric::Handshake,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -89,6 +104,7 @@ impl Metric {
             Metric::Bind => "bind",
             Metric::Ping => "ping",
             Metric::Push => "push",
+            Metric::Handshake => "handshake",
         }
     }
 }
@@ -96,7 +112,7 @@ impl Metric {
 /// Microsecond histograms for every [`Metric`], 3 significant digits, up to an hour.
 #[derive(Debug, Clone)]
 pub struct Latencies {
-    pub hists: [Histogram<u64>; 4],
+    pub hists: [Histogram<u64>; 5],
 }
 
 const MAX_MICROS: u64 = 3_600_000_000;
@@ -108,7 +124,7 @@ fn new_hist() -> Histogram<u64> {
 impl Default for Latencies {
     fn default() -> Self {
         Latencies {
-            hists: [new_hist(), new_hist(), new_hist(), new_hist()],
+            hists: std::array::from_fn(|_| new_hist()),
         }
     }
 }
@@ -190,6 +206,7 @@ pub struct ThreadStats {
     pub read_errors: AtomicU64,
     pub write_errors: AtomicU64,
     pub timeouts: AtomicU64,
+    pub handshake_errors: AtomicU64,
     /// Since the last snapshot.
     interval: Mutex<Latencies>,
     /// Since the start.
@@ -222,6 +239,7 @@ impl ThreadStats {
             read_errors: g(&self.read_errors),
             write_errors: g(&self.write_errors),
             timeouts: g(&self.timeouts),
+            handshake_errors: g(&self.handshake_errors),
         }
     }
 

@@ -27,6 +27,14 @@ pub enum ClientError {
     Unexpected(&'static str),
     #[error("invalid miop URL: {0}")]
     Url(String),
+    /// The TLS configuration could not be built (an unreadable CA or key
+    /// file), or the TLS handshake failed (an untrusted or expired server
+    /// certificate, a name mismatch, a refused client certificate).
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The WebSocket upgrade failed (wrong path, subprotocol not accepted).
+    #[error("WebSocket: {0}")]
+    WebSocket(String),
 }
 
 impl ClientError {

@@ -12,13 +12,19 @@
 //!   credential); it reports every state change. Devices and the example
 //!   client use it; [`Session`] documents the policy.
 //!
+//! Both speak every transport of PROTOCOL.md §2, chosen by the URL's scheme:
+//! `miop://` (TCP), `miops://` (TLS), `ws://` and `wss://` (WebSocket, one
+//! Miop frame per binary message). [`TlsOptions`] says which server
+//! certificates to trust (by default the system's CAs) and which client
+//! certificate to present; [`Connector`] opens connections the way a URL says.
+//!
 //! The low-level client:
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), miop::client::ClientError> {
-//! use miop::client::{Client, MiopUrl};
-//! let url: MiopUrl = "miop://phone-1:pk@127.0.0.1:7700/".parse()?;
-//! let mut client = Client::connect(url.addr()).await?;
+//! use miop::client::{Client, MiopUrl, TlsOptions};
+//! let url: MiopUrl = "miops://phone-1:pk@127.0.0.1:7701/".parse()?;
+//! let mut client = Client::connect_url(&url, &TlsOptions::default()).await?;
 //! let ack = client.bind_url(&url).await?;
 //! println!("bound; ping every {} ms", ack.heartbeat_interval_ms);
 //! client.ping().await?;
@@ -32,7 +38,11 @@ mod backoff;
 mod error;
 pub mod fleet;
 mod reconnect;
+mod tls;
+mod tls_args;
+mod transport;
 mod url;
+mod ws;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -47,16 +57,20 @@ pub use self::reconnect::{
     Disconnect, Session, SessionConfig, SessionError, SessionEvent, SessionState, TopicsUpdate,
     EVENT_BUFFER,
 };
-pub use self::url::MiopUrl;
+pub use self::tls::TlsOptions;
+pub use self::tls_args::TlsArgs;
+pub use self::transport::{Connector, Stream};
 pub(crate) use self::url::{percent_decode, split_host_port};
+pub use self::url::{MiopUrl, Scheme};
+pub use self::ws::{WsStream, SUBPROTOCOL};
 use crate::protocol::{
     decode_buf, Bind, BindAck, Body, Close, CloseReason, Credential, Frame, Push,
     FLAG_ACK_REQUIRED, MAX_FRAME_LEN,
 };
 
-/// One device connection.
+/// One device connection, over any transport ([`Stream`]).
 pub struct Client {
-    stream: TcpStream,
+    stream: Stream,
     rbuf: BytesMut,
     wbuf: BytesMut,
     next_seq: u32,
@@ -96,14 +110,36 @@ impl RecentIds {
 }
 
 impl Client {
+    /// Connects over plain TCP (`miop://`).
     pub async fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
         let stream = TcpStream::connect(addr).await?;
         Ok(Client::from_stream(stream))
     }
 
-    /// Wraps an already connected socket (e.g. one bound to a chosen source address).
+    /// Connects over the transport of `url`'s scheme (`miop://`, `miops://`,
+    /// `ws://`, `wss://`), checking the server's certificate as `tls` says
+    /// (unused without TLS). To open many connections, build one
+    /// [`Connector`] and use [`Client::connect_with`]: it reads the
+    /// certificate files once.
+    pub async fn connect_url(url: &MiopUrl, tls: &TlsOptions) -> Result<Client, ClientError> {
+        Client::connect_with(&Connector::new(url, tls)?).await
+    }
+
+    /// Connects the way `connector` says.
+    pub async fn connect_with(connector: &Connector) -> Result<Client, ClientError> {
+        Ok(Client::from_transport(connector.connect().await?))
+    }
+
+    /// Wraps an already connected socket (e.g. one bound to a chosen source
+    /// address), for plain TCP; [`Connector::handshake`] makes the other
+    /// transports over such a socket.
     pub fn from_stream(stream: TcpStream) -> Client {
         let _ = stream.set_nodelay(true);
+        Client::from_transport(Stream::Tcp(stream))
+    }
+
+    /// Wraps a connection of any transport.
+    pub fn from_transport(stream: Stream) -> Client {
         Client {
             stream,
             rbuf: BytesMut::with_capacity(4096),
@@ -124,20 +160,21 @@ impl Client {
         self.stream.local_addr()
     }
 
+    /// The connection.
+    pub fn stream(&self) -> &Stream {
+        &self.stream
+    }
+
     fn seq(&mut self) -> u32 {
         let s = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1).max(1);
         s
     }
 
-    /// Binds with the URL's device id and app key.
+    /// Binds with the URL's device id and credential (app key or token).
     pub async fn bind_url(&mut self, url: &MiopUrl) -> Result<BindAck, ClientError> {
-        self.bind(
-            &url.device_id,
-            Credential::AppKey(url.app_key.clone()),
-            Vec::new(),
-        )
-        .await
+        self.bind(&url.device_id, url.credential(), Vec::new())
+            .await
     }
 
     /// Sends Bind and waits for BindAck. An Error or Close from the server
@@ -251,17 +288,22 @@ impl Client {
         Ok(())
     }
 
-    /// Writes one frame.
+    /// Writes one frame (over a WebSocket, in one binary message).
     pub async fn send(&mut self, frame: &Frame) -> Result<(), ClientError> {
         self.wbuf.clear();
         frame.encode(&mut self.wbuf)?;
         self.stream.write_all(&self.wbuf).await?;
+        // Nothing for TCP; TLS records and WebSocket messages go out now.
+        self.stream.flush().await?;
         Ok(())
     }
 
-    /// Writes raw bytes (for tests of malformed input).
+    /// Writes raw bytes (for tests of malformed input). Over a WebSocket,
+    /// each complete frame among them travels in a message of its own and
+    /// any rest in one more.
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         self.stream.write_all(bytes).await?;
+        self.stream.flush().await?;
         Ok(())
     }
 

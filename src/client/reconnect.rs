@@ -8,7 +8,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout};
 
 use super::backoff::{Backoff, Jitter};
-use super::{Client, MiopUrl, RecentIds};
+use super::{Client, ClientError, Connector, MiopUrl, RecentIds, TlsOptions};
 use crate::protocol::{
     Bind, BindAck, Body, Close, CloseReason, Credential, ErrorCode, ErrorFrame, Frame, Push,
     FLAG_ACK_REQUIRED, MAX_BIND_TOPICS, MAX_CREDENTIAL_LEN, MAX_DEVICE_ID_LEN, MAX_TOPIC_LEN,
@@ -20,8 +20,10 @@ pub const EVENT_BUFFER: usize = 64;
 /// What a [`Session`] connects to, as whom, and how it retries.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
-    /// `host:port`, resolved again at every connection attempt.
-    pub addr: String,
+    /// Where and how to connect: the transport (TCP, TLS, WebSocket) and
+    /// `host:port`, resolved again at every connection attempt. Every
+    /// reconnect uses it again.
+    pub connector: Connector,
     pub device_id: String,
     pub credential: Credential,
     /// Topics joined at every Bind (0 to 32 distinct names of 1 to 128 bytes).
@@ -30,7 +32,8 @@ pub struct SessionConfig {
     /// Seed of the backoff's jitter, for reproducible delays in tests
     /// (see [`Jitter::seeded`]); `None` seeds from the OS, as devices should.
     pub jitter_seed: Option<u64>,
-    /// Limit on connecting and binding (TCP connect to BindAck).
+    /// Limit on connecting and binding (TCP connect, TLS and WebSocket
+    /// handshakes, Bind to BindAck).
     pub bind_timeout: Duration,
     /// Pushes waiting for the application before the session stops reading
     /// (at least 1; see [`Session`] for what happens when it is full).
@@ -38,13 +41,23 @@ pub struct SessionConfig {
 }
 
 impl SessionConfig {
+    /// Plain TCP (`miop://`) to `addr` (`host:port`).
     pub fn new(
         addr: impl Into<String>,
         device_id: impl Into<String>,
         credential: Credential,
     ) -> SessionConfig {
+        SessionConfig::with_connector(Connector::tcp(addr), device_id, credential)
+    }
+
+    /// Connections made by `connector` (any transport).
+    pub fn with_connector(
+        connector: Connector,
+        device_id: impl Into<String>,
+        credential: Credential,
+    ) -> SessionConfig {
         SessionConfig {
-            addr: addr.into(),
+            connector,
             device_id: device_id.into(),
             credential,
             topics: Vec::new(),
@@ -55,13 +68,28 @@ impl SessionConfig {
         }
     }
 
-    /// The URL's address, device id and app key.
+    /// The URL's transport, address, device id and credential. A TLS URL
+    /// (`miops://`, `wss://`) trusts the system's CA certificates
+    /// ([`TlsOptions::default`]); if there are none, every connection fails
+    /// saying so (and the session keeps retrying): [`SessionConfig::from_url_tls`]
+    /// reports that at once, and takes other [`TlsOptions`].
     pub fn from_url(url: &MiopUrl) -> SessionConfig {
-        SessionConfig::new(
-            url.addr(),
+        SessionConfig::with_connector(
+            Connector::new_deferred(url),
             url.device_id.clone(),
-            Credential::AppKey(url.app_key.clone()),
+            url.credential(),
         )
+    }
+
+    /// Like [`SessionConfig::from_url`], checking the server's certificate
+    /// as `tls` says. Fails if the options do not make a TLS configuration
+    /// (an unreadable CA or key file, no CA certificates on the system).
+    pub fn from_url_tls(url: &MiopUrl, tls: &TlsOptions) -> Result<SessionConfig, ClientError> {
+        Ok(SessionConfig::with_connector(
+            Connector::new(url, tls)?,
+            url.device_id.clone(),
+            url.credential(),
+        ))
     }
 
     /// Joins these topics at every Bind.
@@ -146,8 +174,10 @@ pub enum Disconnect {
     /// Close that should follow it.
     Rejected { code: u16, message: String },
     /// Connecting failed, or the connection ended without a Close: refused,
-    /// reset, end of stream, an undecodable frame, no BindAck within the bind
-    /// timeout, a server silent for its heartbeat timeout.
+    /// reset, a failed TLS handshake (an untrusted certificate, say: the
+    /// session retries, in case the server's certificate is being replaced)
+    /// or WebSocket upgrade, end of stream, an undecodable frame, no BindAck
+    /// within the bind timeout, a server silent for its heartbeat timeout.
     Lost(String),
     /// The application closed the session.
     Local,
@@ -236,10 +266,11 @@ enum Command {
 
 /// A device's connection that survives gateway restarts.
 ///
-/// [`Client`] is one TCP connection: when the gateway restarts, drains or
-/// kicks it, the connection is over and the caller starts again. A device
-/// wants the opposite: to *stay* reachable. A `Session` runs a [`Client`] in
-/// a tokio task and keeps one bound:
+/// [`Client`] is one connection (TCP, TLS or WebSocket): when the gateway
+/// restarts, drains or kicks it, the connection is over and the caller
+/// starts again. A device wants the opposite: to *stay* reachable. A
+/// `Session` runs a [`Client`] in a tokio task and keeps one bound, over the
+/// transport of its [`SessionConfig::connector`]:
 ///
 /// - it connects and binds with the device id, credential and topics of its
 ///   [`SessionConfig`] (plus the topics added with [`Session::subscribe`]
@@ -608,7 +639,8 @@ impl Task {
             }),
         );
         let limit = self.config.bind_timeout;
-        let handshake = timeout(limit, handshake(self.config.addr.clone(), bind));
+        let connector = self.config.connector.clone();
+        let handshake = timeout(limit, handshake(&connector, bind));
         tokio::pin!(handshake);
         let (mut client, ack) = loop {
             tokio::select! {
@@ -872,11 +904,14 @@ fn topics_body(join: bool, topics: Vec<String>) -> Body {
     }
 }
 
-/// Connects and binds; the bound client and its BindAck.
-async fn handshake(addr: String, bind: Frame) -> Result<(Client, BindAck), Disconnect> {
-    let mut client = Client::connect(&addr)
-        .await
-        .map_err(|e| Disconnect::Lost(format!("cannot connect to {addr}: {e}")))?;
+/// Connects (with the transport's handshakes) and binds; the bound client
+/// and its BindAck.
+async fn handshake(connector: &Connector, bind: Frame) -> Result<(Client, BindAck), Disconnect> {
+    let mut client = Client::connect_with(connector).await.map_err(|e| match e {
+        // They name the server themselves.
+        ClientError::Tls(_) | ClientError::WebSocket(_) => Disconnect::Lost(e.to_string()),
+        _ => Disconnect::Lost(format!("cannot connect to {}: {e}", connector.addr())),
+    })?;
     send(&mut client, &bind).await?;
     let mut error = None;
     loop {

@@ -21,13 +21,18 @@ pub use self::address::{parse_sources, parse_targets, Sources};
 pub use self::quantity::{parse_count, parse_count_or_zero, parse_duration, parse_rate};
 use super::mqtt::packet::QoS;
 use super::mqtt::MqttUrl;
-use crate::client::MiopUrl;
+use crate::client::{Connector, MiopUrl, TlsArgs};
 
 /// miop-bench: a load generator for Miop push gateways (wrk for long-lived connections).
 ///
 /// Every connection binds as `<prefix>-<n>` (prefix = the URL's user, n counting
 /// from --start), then heartbeats at the interval the server asks for (or
 /// --ping-interval, or the script's delay()), and records every push it receives.
+///
+/// miops://, ws:// and wss:// URLs run it over TLS, WebSocket or both (the
+/// TLS handshake and WebSocket upgrade are timed as "handshake", and their
+/// failures counted as handshake errors); --ca FILE trusts a private CA,
+/// --insecure trusts any certificate (benchmarks on throwaway certificates).
 ///
 /// The same workload runs against an MQTT 3.1.1 broker with an mqtt:// URL:
 /// CONNECT/CONNACK is the bind (client id `<--client-id>-<n>`), PINGREQ/PINGRESP
@@ -39,8 +44,12 @@ use crate::client::MiopUrl;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "miop-bench", version, about, long_about)]
 pub struct BenchArgs {
-    /// Target: miop://DEVICE_PREFIX:APP_KEY@HOST:PORT/ or mqtt://[USER:PASS@]HOST:PORT/
+    /// Target: miop://DEVICE_PREFIX:APP_KEY@HOST:PORT/ (or miops://, ws://,
+    /// wss://) or mqtt://[USER:PASS@]HOST:PORT/
     pub url: String,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
 
     /// Threads per run (split over worker processes).
     #[arg(short = 't', long, default_value = "2", value_parser = parse_count)]
@@ -255,6 +264,10 @@ pub const MQTT_ALL_TOPIC: &str = "miop-bench/all";
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub url: BenchUrl,
+    /// Miop URLs: the transport (TCP, TLS, WebSocket) with its TLS
+    /// configuration, built once. Connections still connect their TCP
+    /// socket themselves (from their --bind source), then run its handshakes.
+    pub connector: Option<Connector>,
     pub targets: Vec<SocketAddr>,
     pub sources: Vec<IpAddr>,
     pub threads: usize,
@@ -333,6 +346,20 @@ impl Plan {
                     .map_err(|e: crate::client::ClientError| e.to_string())?,
             )
         };
+        let connector = match &url {
+            BenchUrl::Miop(u) => {
+                a.tls.check_scheme(u.scheme)?;
+                Some(Connector::new(u, &a.tls.options()).map_err(|e| e.to_string())?)
+            }
+            BenchUrl::Mqtt(_) if a.tls != TlsArgs::default() => {
+                return Err(
+                    "--ca, --insecure, --client-cert, --client-key and --server-name \
+                            apply to miops:// and wss:// URLs, not mqtt://"
+                        .into(),
+                )
+            }
+            BenchUrl::Mqtt(_) => None,
+        };
         if a.connections == 0 {
             return Err("-c/--connections must be at least 1".into());
         }
@@ -365,7 +392,7 @@ impl Plan {
         for t in &a.targets {
             targets.extend(parse_targets(t)?);
         }
-        let (sources, layout_warnings) = source_plan::choose(
+        let (sources, mut layout_warnings) = source_plan::choose(
             a.sources.as_ref().map(|s| &s.0[..]),
             &targets,
             a.steps.last().copied().unwrap_or(a.connections),
@@ -446,8 +473,14 @@ impl Plan {
                 })
             }
         };
+        if a.tls.insecure {
+            layout_warnings.push(
+                "--insecure: the server's certificate is not checked (benchmarks only)".into(),
+            );
+        }
         Ok(Plan {
             warnings: layout_warnings,
+            connector,
             push,
             url,
             targets,
@@ -568,6 +601,28 @@ mod tests {
         assert!(plan(&["mqtt://127.0.0.1:1/", "--push-to", "device"]).contains("all or topic"));
         assert!(plan(&["mqtt://127.0.0.1:1/", "--push-count", "1"]).contains("--push-rate"));
         assert!(args(&["mqtt://127.0.0.1:1/", "--qos", "2"]).is_err());
+    }
+
+    #[test]
+    fn tls_and_websocket_urls_take_tls_flags() {
+        let p = Plan::from_args(&args(&["ws://d:k@127.0.0.1:7702/"]).unwrap()).unwrap();
+        let c = p.connector.as_ref().unwrap();
+        assert_eq!((c.scheme().name(), c.addr()), ("ws", "127.0.0.1:7702"));
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        let a = args(&["wss://d:k@127.0.0.1:7703/", "--insecure"]).unwrap();
+        assert!(a.tls.insecure);
+        let p = Plan::from_args(&a).unwrap();
+        assert!(!p.connector.as_ref().unwrap().is_plain());
+        assert!(p.warnings.iter().any(|w| w.contains("--insecure")));
+        assert_eq!(p.url.to_string(), "wss://d:***@127.0.0.1:7703/miop");
+        let plan = |line: &[&str]| Plan::from_args(&args(line).unwrap()).unwrap_err();
+        assert!(plan(&["miop://d:k@127.0.0.1:1/", "--insecure"]).contains("not miop://"));
+        assert!(plan(&["ws://d:k@127.0.0.1:1/", "--ca", "x.pem"]).contains("not ws://"));
+        assert!(plan(&["mqtt://127.0.0.1:1/", "--ca", "x.pem"]).contains("not mqtt://"));
+        let e = plan(&["miops://d:k@127.0.0.1:1/", "--ca", "/nonexistent/ca.pem"]);
+        assert!(e.contains("cannot read /nonexistent/ca.pem"), "{e}");
+        // A client key needs its certificate, and the reverse.
+        assert!(args(&["miops://d:k@127.0.0.1:1/", "--client-key", "k.pem"]).is_err());
     }
 
     #[test]

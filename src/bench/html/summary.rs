@@ -9,7 +9,7 @@ use crate::bench::report::Summary;
 use crate::bench::stats::Percentiles;
 
 /// Latency metrics in the order of the tables.
-const METRICS: [&str; 4] = ["connect", "bind", "ping", "push"];
+const METRICS: [&str; 5] = ["connect", "handshake", "bind", "ping", "push"];
 
 /// One row of the run's description; `value_html` is already escaped.
 fn meta_row(o: &mut String, label: &str, value_html: &str) {
@@ -128,14 +128,19 @@ pub(super) fn counters(o: &mut String, s: &Summary) {
     o.push_str("</tbody></table></div>\n");
 
     o.push_str("<div><h3>Errors</h3><table><tbody>\n");
+    // TLS and WebSocket runs (they time their handshakes) have a row more.
+    let handshakes =
+        c.handshake_errors > 0 || s.latency.get("handshake").is_some_and(|p| p.count > 0);
     for (label, v) in [
-        ("Connect", c.connect_errors),
-        ("Bind", c.bind_errors),
-        ("Read", c.read_errors),
-        ("Write", c.write_errors),
-        ("Timeouts", c.timeouts),
-        ("Total", c.errors()),
+        ("Connect", Some(c.connect_errors)),
+        ("Handshake", handshakes.then_some(c.handshake_errors)),
+        ("Bind", Some(c.bind_errors)),
+        ("Read", Some(c.read_errors)),
+        ("Write", Some(c.write_errors)),
+        ("Timeouts", Some(c.timeouts)),
+        ("Total", Some(c.errors())),
     ] {
+        let Some(v) = v else { continue };
         let class = if v > 0 { " class=\"bad\"" } else { "" };
         let _ = writeln!(
             o,

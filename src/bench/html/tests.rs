@@ -126,6 +126,7 @@ fn sample_report() -> Report {
         read_errors: 10,
         write_errors: 0,
         timeouts: 30,
+        handshake_errors: 0,
     };
     summary.latency = [
         ("connect".to_owned(), pct(50_100, 150, 1_200)),
