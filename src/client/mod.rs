@@ -23,7 +23,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), miop::client::ClientError> {
 //! use miop::client::{Client, MiopUrl, TlsOptions};
-//! let url: MiopUrl = "miops://phone-1:pk@127.0.0.1:7701/".parse()?;
+//! let url: MiopUrl = "miops://phone-1:pk@127.0.0.1:7710/".parse()?;
 //! let mut client = Client::connect_url(&url, &TlsOptions::default()).await?;
 //! let ack = client.bind_url(&url).await?;
 //! println!("bound; ping every {} ms", ack.heartbeat_interval_ms);
