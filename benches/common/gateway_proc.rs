@@ -19,11 +19,22 @@ pub struct GatewayProc {
     pub child: Killed,
     pub listen: SocketAddr,
     pub admin: SocketAddr,
+    /// The whole ready line (it also names `tls=`, `ws=`, `wss=` listeners).
+    pub ready: String,
 }
 
 impl GatewayProc {
     pub fn pid(&self) -> u32 {
         self.child.0.id()
+    }
+
+    /// The address of the `kind` listener (`tls`, `ws`, `wss`) the ready
+    /// line names; None when this miopd has no such listener.
+    pub fn listener(&self, kind: &str) -> Option<SocketAddr> {
+        self.ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(kind)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
     }
 
     /// Spawns `cmd` (program and arguments already set) with stdout piped and
@@ -66,6 +77,7 @@ impl GatewayProc {
         Ok(GatewayProc {
             listen: addr("listen=")?,
             admin: addr("admin=")?,
+            ready: line,
             child,
         })
     }

@@ -42,7 +42,39 @@ pub fn rss_bytes(pid: u32) -> u64 {
     kb * 1024
 }
 
-/// `GET path` on an admin API; the body, if it answered.
+/// RSS once it has stopped moving (right after a burst of connections it
+/// still moves a little): two readings 250 ms apart within 64 KiB, or the
+/// last of 20.
+pub async fn settle_rss(pid: u32) -> u64 {
+    let mut last = rss_bytes(pid);
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        let now = rss_bytes(pid);
+        if now.abs_diff(last) < 64 * 1024 {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+/// CPU seconds (user + system, all threads) process `pid` has used so far,
+/// from /proc/PID/stat (clock-tick resolution, 10 ms).
+pub fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    // Fields after the parenthesised name start at field 3 (state);
+    // utime and stime are fields 14 and 15.
+    let rest: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("stat name")
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap();
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / hz
+}
+
 /// The admin token the benches give miopd.
 pub const ADMIN_TOKEN: &str = "bench-admin-token";
 
