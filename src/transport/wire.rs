@@ -9,11 +9,13 @@
 //! bytes ([`Wire::seal`]), after any bytes of its own (handshake records,
 //! WebSocket replies, alerts). Everything here is sans-io.
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use rustls::ServerConnection;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus, WriteTraffic,
+};
 
 use super::listener::{ListenerSpec, Transports};
 use super::{proxy, tls, ws};
@@ -47,7 +49,7 @@ pub struct WireRead {
 pub struct Wire {
     /// Some while the PROXY header is awaited: the bytes of it so far.
     proxy: Option<Vec<u8>>,
-    tls: Option<Box<ServerConnection>>,
+    tls: Option<Box<Tls>>,
     ws: Option<ws::WsServer>,
     /// Bytes of the wire's own to send first (WebSocket replies on a plain
     /// socket; under TLS they go into the TLS stream instead).
@@ -72,12 +74,15 @@ impl Wire {
         }
         let tls = if spec.kind.tls() {
             let server = t.tls.as_ref().ok_or(fail("tls", "not_configured"))?;
-            let mut conn = server
+            let conn = server
                 .accept()
                 .map_err(|e| fail("tls", tls::failure_reason(&e)))?;
-            // The engine bounds what a session queues; rustls need not.
-            conn.set_buffer_limit(None);
-            Some(Box::new(conn))
+            Some(Box::new(Tls {
+                conn,
+                incoming: Vec::new(),
+                outgoing: Vec::new(),
+                peer_closed: false,
+            }))
         } else {
             None
         };
@@ -95,7 +100,7 @@ impl Wire {
     pub fn ready(&self) -> bool {
         !self.failed
             && self.proxy.is_none()
-            && self.tls.as_ref().is_none_or(|t| !t.is_handshaking())
+            && self.tls.as_ref().is_none_or(|t| !t.conn.is_handshaking())
             && self.ws.as_ref().is_none_or(|w| w.is_open())
     }
 
@@ -110,7 +115,7 @@ impl Wire {
             None
         } else if self.proxy.is_some() {
             Some("proxy")
-        } else if self.tls.as_ref().is_some_and(|t| t.is_handshaking()) {
+        } else if self.tls.as_ref().is_some_and(|t| t.conn.is_handshaking()) {
             Some("tls")
         } else if self.ws.as_ref().is_some_and(|w| !w.is_open()) {
             Some("ws")
@@ -121,7 +126,7 @@ impl Wire {
 
     /// The wire has bytes of its own to send.
     pub fn wants_write(&self) -> bool {
-        !self.pending.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
+        !self.pending.is_empty() || self.tls.as_ref().is_some_and(|t| !t.outgoing.is_empty())
     }
 
     /// Bytes read from the socket: appends the Miop bytes they carry to
@@ -175,35 +180,26 @@ impl Wire {
         if input.is_empty() {
             return Ok(());
         }
-        // TLS: ciphertext in, the plaintext (Miop, or WebSocket under wss)
-        // out into `opened`.
+        // TLS: ciphertext in, the plaintext out: straight into `plain`, or
+        // into `opened` for the WebSocket layer under wss.
         let mut opened = Vec::new();
         let data: &[u8] = match self.tls.as_mut() {
             None => input,
-            Some(conn) => {
-                let was_handshaking = conn.is_handshaking();
-                let mut rd = input;
-                while !rd.is_empty() {
-                    if conn.read_tls(&mut rd).is_err() {
-                        return Err(fail("tls", "other"));
-                    }
-                    let state = conn
-                        .process_new_packets()
-                        .map_err(|e| fail("tls", tls::failure_reason(&e)))?;
-                    let n = state.plaintext_bytes_to_read();
-                    if n > 0 {
-                        let at = opened.len();
-                        opened.resize(at + n, 0);
-                        conn.reader()
-                            .read_exact(&mut opened[at..])
-                            .map_err(|_| fail("tls", "other"))?;
-                    }
-                    if state.peer_has_closed() {
-                        read.peer_closed = true;
-                        break;
-                    }
+            Some(layer) => {
+                let was_handshaking = layer.conn.is_handshaking();
+                let into = if self.ws.is_some() {
+                    &mut opened
+                } else {
+                    &mut *plain
+                };
+                let at = into.len();
+                if let Err(e) = layer.receive(input, into) {
+                    into.truncate(at);
+                    return Err(fail("tls", tls::failure_reason(&e)));
                 }
-                read.tls_established = was_handshaking && !conn.is_handshaking();
+                read.peer_closed = layer.peer_closed;
+                read.tls_established = was_handshaking && !layer.conn.is_handshaking();
+                // Empty without WebSocket: the plaintext is in `plain`.
                 &opened
             }
         };
@@ -213,10 +209,12 @@ impl Wire {
                 let mut reply = Vec::new();
                 let r = ws.receive(&t.ws, data, plain, &mut reply);
                 match self.tls.as_mut() {
-                    Some(conn) => {
-                        // Cannot fail: the buffer limit is off.
-                        let _ = conn.writer().write_all(&reply);
+                    Some(layer) if !reply.is_empty() => {
+                        layer
+                            .write(|w, out| encrypt(w, &reply, out))
+                            .map_err(|e| fail("tls", tls::failure_reason(&e)))?;
                     }
+                    Some(_) => {}
                     None => self.pending.extend_from_slice(&reply),
                 }
                 let r = r.map_err(|e| fail("ws", e.reason()))?;
@@ -243,19 +241,21 @@ impl Wire {
             _ => frames,
         };
         match self.tls.as_mut() {
-            Some(conn) => {
-                for chunk in &framed {
-                    // Cannot fail: the buffer limit is off.
-                    let _ = conn.writer().write_all(chunk);
+            Some(layer) => {
+                if !framed.is_empty()
+                    && layer
+                        .write(|w, out| {
+                            for chunk in &framed {
+                                encrypt(w, chunk, out);
+                            }
+                        })
+                        .is_err()
+                {
+                    self.failed = true;
                 }
-                let mut buf = Vec::new();
-                while conn.wants_write() {
-                    if conn.write_tls(&mut buf).is_err() {
-                        break;
-                    }
-                }
-                if !buf.is_empty() {
-                    out.push(Bytes::from(buf));
+                // Handed out whole: nothing stays allocated for the next write.
+                if !layer.outgoing.is_empty() {
+                    out.push(Bytes::from(std::mem::take(&mut layer.outgoing)));
                 }
             }
             None => {
@@ -275,19 +275,220 @@ impl Wire {
             return self.wants_write();
         }
         self.closed = true;
-        if let Some(ws) = self.ws.as_mut() {
+        let frame = self.ws.as_mut().map(|ws| {
             ws.sent_close();
-            let frame = ws::WsServer::close_frame(ws::CLOSE_NORMAL);
-            match self.tls.as_mut() {
-                Some(conn) => {
-                    let _ = conn.writer().write_all(&frame);
+            ws::WsServer::close_frame(ws::CLOSE_NORMAL)
+        });
+        match self.tls.as_mut() {
+            Some(layer) => {
+                let r = layer.write(|w, out| {
+                    if let Some(frame) = &frame {
+                        encrypt(w, frame, out);
+                    }
+                    close_notify(w, out);
+                });
+                if r.is_err() {
+                    self.failed = true;
                 }
-                None => self.pending.extend_from_slice(&frame),
             }
-        }
-        if let Some(conn) = self.tls.as_mut() {
-            conn.send_close_notify();
+            None => {
+                if let Some(frame) = frame {
+                    self.pending.extend_from_slice(&frame);
+                }
+            }
         }
         self.wants_write()
     }
+}
+
+/// The TLS layer: rustls's unbuffered server connection and the two byte
+/// buffers that API leaves to its caller. Neither keeps an allocation while
+/// empty, so an established idle session holds rustls's own state only (no
+/// read buffer: the buffered `ServerConnection` keeps 4 KiB).
+struct Tls {
+    conn: UnbufferedServerConnection,
+    /// Ciphertext received and not consumed yet: the start of a record, or
+    /// of a handshake message spanning records, whose rest has not arrived.
+    /// Freed whenever it empties. rustls bounds it: a record header naming
+    /// more than 18 KiB, or a handshake message over 64 KiB, is an error.
+    incoming: Vec<u8>,
+    /// TLS bytes to send (handshake records, alerts, sealed records), handed
+    /// to the engine whole by [`Wire::seal`].
+    outgoing: Vec<u8>,
+    /// The peer's close_notify arrived: what follows it is ignored.
+    peer_closed: bool,
+}
+
+/// [`Tls::drive`] without anything to encrypt.
+type NoWrite = fn(&mut WriteTraffic<'_, ServerConnectionData>, &mut Vec<u8>);
+
+impl Tls {
+    /// Ciphertext read from the socket: appends the plaintext of the records
+    /// it completes to `plain`. On an error the alert rustls sends (if any)
+    /// is in `outgoing`.
+    fn receive(&mut self, input: &[u8], plain: &mut Vec<u8>) -> Result<(), rustls::Error> {
+        if self.peer_closed {
+            return Ok(());
+        }
+        self.incoming.extend_from_slice(input);
+        let r = self.drive(plain, None::<NoWrite>);
+        if r.is_err() {
+            self.queue_alert();
+        }
+        r
+    }
+
+    /// Runs `write` with rustls's encrypter (application data may be sent:
+    /// the engine only seals once the wire is ready).
+    fn write(
+        &mut self,
+        write: impl FnOnce(&mut WriteTraffic<'_, ServerConnectionData>, &mut Vec<u8>),
+    ) -> Result<(), rustls::Error> {
+        // Every whole record was processed on receipt: no plaintext here.
+        let mut none = Vec::new();
+        let r = self.drive(&mut none, Some(write));
+        debug_assert!(none.is_empty(), "plaintext left unread");
+        if r.is_err() {
+            self.queue_alert();
+        }
+        r
+    }
+
+    /// Runs rustls over `incoming` until it needs more bytes: plaintext
+    /// records go to `plain`, handshake records and alerts to `outgoing`;
+    /// once application data may be sent, `write` (if any) encrypts into
+    /// `outgoing`. Consumed ciphertext leaves `incoming`.
+    fn drive(
+        &mut self,
+        plain: &mut Vec<u8>,
+        mut write: Option<impl FnOnce(&mut WriteTraffic<'_, ServerConnectionData>, &mut Vec<u8>)>,
+    ) -> Result<(), rustls::Error> {
+        let Tls {
+            conn,
+            incoming,
+            outgoing,
+            peer_closed,
+        } = self;
+        // Consumed bytes are counted here and dropped from the front once at
+        // the end (rustls wants them gone before its next call: slicing past
+        // them is the same).
+        let mut start = 0;
+        let result = loop {
+            let UnbufferedStatus { mut discard, state } =
+                conn.process_tls_records(&mut incoming[start..]);
+            // Ok(true): stop, Ok(false): call rustls again.
+            let step = match state {
+                Err(e) => Err(e),
+                Ok(ConnectionState::ReadTraffic(mut records)) => loop {
+                    match records.next_record() {
+                        None => break Ok(false),
+                        Some(Err(e)) => break Err(e),
+                        Some(Ok(record)) => {
+                            discard += record.discard;
+                            plain.extend_from_slice(record.payload);
+                        }
+                    }
+                },
+                Ok(ConnectionState::EncodeTlsData(mut record)) => {
+                    encode(&mut record, outgoing);
+                    Ok(false)
+                }
+                // What was encoded is in `outgoing`, for the engine to send.
+                Ok(ConnectionState::TransmitTlsData(sent)) => {
+                    sent.done();
+                    Ok(false)
+                }
+                Ok(ConnectionState::PeerClosed) => {
+                    *peer_closed = true;
+                    Ok(false)
+                }
+                Ok(ConnectionState::WriteTraffic(mut w)) => {
+                    if let Some(write) = write.take() {
+                        write(&mut w, outgoing);
+                    }
+                    Ok(true)
+                }
+                // BlockedHandshake (more bytes needed), Closed (both sides
+                // sent close_notify); ReadEarlyData cannot come (0-RTT is
+                // off: `max_early_data_size` 0).
+                Ok(_) => Ok(true),
+            };
+            start += discard;
+            match step {
+                Ok(false) => {}
+                Ok(true) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        if *peer_closed || start >= incoming.len() {
+            *incoming = Vec::new();
+        } else if start > 0 {
+            incoming.drain(..start);
+            // A partial record after a large read: keep its bytes only.
+            if incoming.capacity() - incoming.len() > 4096 {
+                incoming.shrink_to_fit();
+            }
+        }
+        result
+    }
+
+    /// After an error: the fatal alert rustls queued (if it did) goes to
+    /// `outgoing`, and nothing more is read. rustls hands out queued records
+    /// before it looks at its input again, so this never re-reads the bytes
+    /// that failed.
+    fn queue_alert(&mut self) {
+        while self.conn.wants_write() {
+            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.incoming);
+            match state {
+                Ok(ConnectionState::EncodeTlsData(mut record)) => {
+                    encode(&mut record, &mut self.outgoing)
+                }
+                _ => break,
+            }
+        }
+        self.incoming = Vec::new();
+    }
+}
+
+/// Appends a handshake record or alert rustls hands out to `out`.
+fn encode(record: &mut EncodeTlsData<'_, ServerConnectionData>, out: &mut Vec<u8>) {
+    append(out, |buf| match record.encode(buf) {
+        Ok(n) => Ok(n),
+        Err(EncodeError::InsufficientSize(s)) => Err(Some(s.required_size)),
+        Err(EncodeError::AlreadyEncoded) => Err(None),
+    });
+}
+
+/// Appends `data` to `out` as application data records. Nothing when the
+/// keys are spent (TLS 1.2 at its record limit): rustls then queues a
+/// close_notify instead, as its buffered API does.
+fn encrypt(w: &mut WriteTraffic<'_, ServerConnectionData>, data: &[u8], out: &mut Vec<u8>) {
+    append(out, |buf| match w.encrypt(data, buf) {
+        Ok(n) => Ok(n),
+        Err(EncryptError::InsufficientSize(s)) => Err(Some(s.required_size)),
+        Err(_) => Err(None),
+    });
+}
+
+/// Appends a close_notify alert to `out`.
+fn close_notify(w: &mut WriteTraffic<'_, ServerConnectionData>, out: &mut Vec<u8>) {
+    append(out, |buf| match w.queue_close_notify(buf) {
+        Ok(n) => Ok(n),
+        Err(EncryptError::InsufficientSize(s)) => Err(Some(s.required_size)),
+        Err(_) => Err(None),
+    });
+}
+
+/// Appends what `emit` writes to `out`: asked first with no room, rustls
+/// says how much it needs (and writes nothing), then with exactly that.
+/// `emit` fails with `Some(size)` for too little room, `None` otherwise.
+fn append(out: &mut Vec<u8>, mut emit: impl FnMut(&mut [u8]) -> Result<usize, Option<usize>>) {
+    let need = match emit(&mut []) {
+        Ok(_) | Err(None) => return,
+        Err(Some(need)) => need,
+    };
+    let at = out.len();
+    out.resize(at + need, 0);
+    let n = emit(&mut out[at..]).unwrap_or(0);
+    out.truncate(at + n);
 }
