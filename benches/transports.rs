@@ -21,8 +21,9 @@
 //!
 //! Before the runtime starts it also measures, in this process, the heap one
 //! established idle TLS connection holds in miopd's transport layer
-//! (`miop::transport::Wire` around rustls's `ServerConnection`), driven by an
-//! in-memory rustls client: what the TLS part of miopd's figure is made of.
+//! (`miop::transport::Wire` around rustls's `UnbufferedServerConnection`),
+//! driven by an in-memory rustls client: what the TLS part of miopd's figure
+//! is made of.
 //!
 //! Run: `cargo bench --bench transports` (env TLS_SESSIONS=N,
 //! TLS_CONCURRENCY=C for the idle fleets (default 64), TLS_HANDSHAKE_SECS,
@@ -48,7 +49,8 @@ use miop::transport::tls::{TlsFiles, TlsServer};
 use miop::transport::ws::WsConfig;
 use miop::transport::{ListenerKind, ListenerSpec, Transports, Wire};
 use rustls::client::Resumption;
-use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConnection};
+use rustls::server::UnbufferedServerConnection;
+use rustls::{ClientConfig, ClientConnection, RootCertStore};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -755,8 +757,8 @@ fn main() {
     let k = 2_000;
     let wire = wire_heap(&s, k);
     println!(
-        "rustls     size_of::<ServerConnection>()={} B, size_of::<Wire>()={} B; per established idle TLS wire (in process, {k} wires): malloc {:.0} B, requested {:.0} B in blocks of {}",
-        std::mem::size_of::<ServerConnection>(),
+        "rustls     size_of::<UnbufferedServerConnection>()={} B, size_of::<Wire>()={} B; per established idle TLS wire (in process, {k} wires): malloc {:.0} B, requested {:.0} B in blocks of {}",
+        std::mem::size_of::<UnbufferedServerConnection>(),
         std::mem::size_of::<Wire>(),
         wire.malloc,
         wire.requested(),

@@ -1,8 +1,9 @@
 //! TLS on the device listener: rustls's server side, sans-io.
 //!
-//! rustls is itself sans-io (`read_tls` / `process_new_packets` / `write_tls`),
-//! so a connection's TLS state is just one more layer the engine runs between
-//! the driver's bytes and the session; the drivers never see TLS. The
+//! rustls is itself sans-io (its unbuffered API, `process_tls_records`, is
+//! what [`crate::transport::Wire`] drives), so a connection's TLS state is
+//! just one more layer the engine runs between the driver's bytes and the
+//! session; the drivers never see TLS. The
 //! certificate is held behind a resolver that a SIGHUP swaps
 //! ([`TlsServer::reload`]): handshakes after the swap present the new
 //! certificate, sessions already established keep theirs.
@@ -11,9 +12,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use rustls::crypto::ring::default_provider;
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{
+    ClientHello, ResolvesServerCert, UnbufferedServerConnection, WebPkiClientVerifier,
+};
 use rustls::sign::CertifiedKey;
-use rustls::{RootCertStore, ServerConfig, ServerConnection};
+use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -104,9 +107,10 @@ impl TlsServer {
         self.files.client_ca.is_some()
     }
 
-    /// The server side of one new connection.
-    pub fn accept(&self) -> Result<ServerConnection, rustls::Error> {
-        ServerConnection::new(self.config.clone())
+    /// The server side of one new connection (rustls's unbuffered API: the
+    /// wire owns the byte buffers, so an idle session keeps none).
+    pub fn accept(&self) -> Result<UnbufferedServerConnection, rustls::Error> {
+        UnbufferedServerConnection::new(self.config.clone())
     }
 
     /// The certificate chain handshakes present now (for tests and logs).
