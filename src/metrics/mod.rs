@@ -49,6 +49,7 @@ pub const PRESENCE_BATCH_SECONDS: &str = "miop_presence_batch_duration_seconds";
 pub const PRESENCE_WRITES: &str = "miop_presence_writes_total";
 pub const RECONCILIATIONS: &str = "miop_presence_reconciliations_total";
 pub const RECONCILE_FIXES: &str = "miop_presence_reconcile_fixes_total";
+pub const REDIS_PROBES: &str = "miop_redis_probes_total";
 pub const REMOTE_KICKS: &str = "miop_presence_remote_kicks_total";
 pub const NODE_CLEANUPS: &str = "miop_presence_dead_node_cleanups_total";
 pub const CLEANED_ENTRIES: &str = "miop_presence_cleaned_entries_total";
@@ -188,7 +189,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
     );
     describe_gauge!(
         REDIS_UP,
-        "1 when the presence client is connected to Redis (absent in standalone mode)."
+        "1 when the presence client is connected to Redis and Redis answers (absent in standalone mode)."
     );
     describe_counter!(
         REDIS_RECONNECTS,
@@ -218,6 +219,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
     describe_counter!(
         RECONCILE_FIXES,
         "Entries fixed by reconciliation, by kind (missing, mismatched, stale)."
+    );
+    describe_counter!(
+        REDIS_PROBES,
+        "PINGs sent on a separate connection after Redis commands failed, by result (answered: Redis is slow, not hung; unanswered)."
     );
     describe_counter!(
         REMOTE_KICKS,

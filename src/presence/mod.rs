@@ -8,7 +8,10 @@
 //!
 //! - this file: the worker's state, its settings, and [`RedisPresence::start`]
 //!   (the fred clients, their reconnect policy, the tasks below);
-//! - `health`: whether Redis answers, and what /healthz says about it;
+//! - `health`: whether Redis answers, and what /healthz says about it. A
+//!   failed command is not enough to call Redis hung: a PING on a separate
+//!   connection tells a slow Redis (it answers: keep the connection) from a
+//!   hung one (reconnect);
 //! - `writer`: a writer drains the coalesced `ChangeFeed` in batches; the
 //!   commands of a batch are issued concurrently, which fred pipelines on the
 //!   connection. Failed changes go back to the queue; nothing waits on Redis
@@ -75,6 +78,9 @@ pub struct RedisSettings {
 /// is flags and counters that those tasks read and set without locks.
 pub struct RedisPresence {
     client: Client,
+    /// A connection of its own for PINGs that tell a slow Redis from a hung
+    /// one: a PING here does not wait behind the command connection's queue.
+    probe: Client,
     subscriber: SubscriberClient,
     gateway: Arc<Gateway>,
     pending: Arc<ChangeFeed>,
@@ -91,14 +97,24 @@ pub struct RedisPresence {
     leased: AtomicBool,
     /// A handle to this value for tasks spawned from `&self` methods.
     self_ref: std::sync::OnceLock<std::sync::Weak<RedisPresence>>,
-    /// Commands failed in a row (timeouts of a hung server, errors). fred
+    /// Commands failed since the last success (timeouts, errors). fred
     /// judges a connection unresponsive by the time since its last write,
-    /// which our own retries keep short, so a hung server is detected here.
+    /// which our own retries keep short, so a hung server is detected here:
+    /// failures wake the health watch, which probes (see `health`).
     failures: std::sync::atomic::AtomicU32,
+    /// The health watch found Redis hung (no answer to its probes) and
+    /// forced a reconnection; cleared by the next successful command.
+    hung: AtomicBool,
+    /// When a command last succeeded on the command connection.
+    last_success: std::sync::Mutex<Instant>,
+    /// Wakes the health watch (a command failed).
+    health_wake: tokio::sync::Notify,
     /// A second reconciliation after a lapsed lease, once any cleanup that
     /// other nodes started against this node has finished.
     reconcile_again_at: std::sync::Mutex<Option<Instant>>,
     log: std::sync::Mutex<RateLimitedLog>,
+    /// The health watch's "slow, not hung" notice, rate-limited on its own.
+    slow_log: std::sync::Mutex<RateLimitedLog>,
     /// Where routed pushes and devices coming online go (the push layer).
     events: Box<dyn PushEvents>,
 }
@@ -154,8 +170,10 @@ impl RedisPresence {
         let subscriber = builder
             .build_subscriber_client()
             .map_err(|e| e.to_string())?;
+        let probe = builder.build().map_err(|e| e.to_string())?;
         let this = Arc::new(RedisPresence {
             client,
+            probe,
             subscriber,
             incarnation: gateway.incarnation.clone(),
             gateway,
@@ -168,13 +186,18 @@ impl RedisPresence {
             leased: AtomicBool::new(false),
             self_ref: std::sync::OnceLock::new(),
             failures: std::sync::atomic::AtomicU32::new(0),
+            hung: AtomicBool::new(false),
+            last_success: std::sync::Mutex::new(Instant::now()),
+            health_wake: tokio::sync::Notify::new(),
             reconcile_again_at: std::sync::Mutex::new(None),
             log: std::sync::Mutex::new(RateLimitedLog::new(Duration::from_secs(10))),
+            slow_log: std::sync::Mutex::new(RateLimitedLog::new(Duration::from_secs(10))),
             events: Box::new(events),
         });
         let _ = this.self_ref.set(Arc::downgrade(&this));
         this.client.connect();
         this.subscriber.connect();
+        this.probe.connect();
         // Not fred's manage_subscriptions(): in fred 10.1 its resubscribe_all()
         // first sends SUBSCRIBE with no channels, which Redis rejects, and
         // returns before re-subscribing shard channels. We re-subscribe the
@@ -208,6 +231,7 @@ impl RedisPresence {
         tokio::spawn(this.clone().cleanup_loop());
         tokio::spawn(this.clone().kick_listener());
         tokio::spawn(this.clone().subscriber_watch());
+        tokio::spawn(this.clone().health_watch());
         Ok(this)
     }
 
