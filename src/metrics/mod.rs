@@ -49,6 +49,10 @@ pub const PRESENCE_BATCH_SECONDS: &str = "miop_presence_batch_duration_seconds";
 pub const PRESENCE_WRITES: &str = "miop_presence_writes_total";
 pub const RECONCILIATIONS: &str = "miop_presence_reconciliations_total";
 pub const RECONCILE_FIXES: &str = "miop_presence_reconcile_fixes_total";
+pub const RECONCILE_ABORTS: &str = "miop_presence_reconciliations_aborted_total";
+pub const RECONCILE_INTERRUPTIONS: &str = "miop_presence_reconcile_interruptions_total";
+pub const RECONCILE_REMAINING: &str = "miop_presence_reconcile_remaining";
+pub const PRESENCE_WINDOW: &str = "miop_presence_pipeline_window";
 pub const REDIS_PROBES: &str = "miop_redis_probes_total";
 pub const REMOTE_KICKS: &str = "miop_presence_remote_kicks_total";
 pub const NODE_CLEANUPS: &str = "miop_presence_dead_node_cleanups_total";
@@ -214,11 +218,27 @@ pub fn install() -> Result<PrometheusHandle, String> {
     );
     describe_counter!(
         RECONCILIATIONS,
-        "Full reconciliations of this node's presence with Redis."
+        "Full reconciliations of this node's presence with Redis, completed."
     );
     describe_counter!(
         RECONCILE_FIXES,
         "Entries fixed by reconciliation, by kind (missing, mismatched, stale)."
+    );
+    describe_counter!(
+        RECONCILE_ABORTS,
+        "Reconciliations abandoned before completing because Redis was replaced (restarted, failed over) while they ran; a new one starts over."
+    );
+    describe_counter!(
+        RECONCILE_INTERRUPTIONS,
+        "Rounds of a reconciliation that failed (timeout or error); the reconciliation pauses, then resumes where it stopped."
+    );
+    describe_gauge!(
+        RECONCILE_REMAINING,
+        "Devices the running reconciliation has yet to compare with Redis (0 when none runs)."
+    );
+    describe_gauge!(
+        PRESENCE_WINDOW,
+        "Redis commands per pipelined round of presence writes and reconciliation reads; shrinks when Redis is slow."
     );
     describe_counter!(
         REDIS_PROBES,

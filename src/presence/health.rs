@@ -11,8 +11,8 @@
 //! `STUCK_AFTER` command timeouts while the PINGs were answered (that one
 //! connection is dead): then the connections are re-established, and the
 //! reconnection starts a reconciliation. A slow Redis keeps its connection
-//! and its queued work. The writer only writes, and /healthz only reports
-//! "up", while Redis answers.
+//! and its queued work; the worker paces itself instead (`pace`). The writer
+//! only writes, and /healthz only reports "up", while Redis answers.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -153,6 +153,7 @@ impl RedisPresence {
             "redis": if self.is_up() { "up" } else { "down" },
             "pending": self.pending.len(),
             "lag_seconds": self.pending.lag_seconds(),
+            "reconciling": self.reconciling.load(Ordering::Relaxed),
         })
     }
 }

@@ -10,8 +10,11 @@
 //!   (the fred clients, their reconnect policy, the tasks below);
 //! - `health`: whether Redis answers, and what /healthz says about it. A
 //!   failed command is not enough to call Redis hung: a PING on a separate
-//!   connection tells a slow Redis (it answers: keep the connection) from a
-//!   hung one (reconnect);
+//!   connection tells a slow Redis (it answers; the work is paced instead)
+//!   from a hung one (reconnect);
+//! - `pace`: how many commands go in one round of bulk work (adapting to
+//!   Redis's latency), the pause after a failed round, and the random delay
+//!   before a reconciliation;
 //! - `writer`: a writer drains the coalesced `ChangeFeed` in batches; the
 //!   commands of a batch are issued concurrently, which fred pipelines on the
 //!   connection. Failed changes go back to the queue; nothing waits on Redis
@@ -26,8 +29,9 @@
 //! - `reconcile`: after every (re)connect, and whenever this node's lease
 //!   had lapsed, the node re-asserts every session it holds and removes
 //!   entries in its name that it no longer holds, so Redis and memory
-//!   converge without a restart; the same comparison, read-only, answers
-//!   /v1/consistency;
+//!   converge without a restart. A pass runs in paced rounds between the
+//!   writer's batches and survives failed rounds (it resumes where it
+//!   stopped); the same comparison, read-only, answers /v1/consistency;
 //! - `keys`: the key schema and the Lua scripts.
 //!
 //! Dependencies point one way: `crate::push` (the push API, routing between
@@ -43,12 +47,13 @@ mod health;
 pub mod keys;
 mod kicks;
 mod lease;
+mod pace;
 mod reconcile;
 mod writer;
 
 pub use reconcile::{Consistency, PresenceEntry};
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -109,6 +114,11 @@ pub struct RedisPresence {
     last_success: std::sync::Mutex<Instant>,
     /// Wakes the health watch (a command failed).
     health_wake: tokio::sync::Notify,
+    /// A reconciliation pass is under way (or waiting for its start delay).
+    reconciling: AtomicBool,
+    /// (Re)connections of the command connection so far: a reconciliation
+    /// pass that sees it change checks whether Redis was replaced.
+    reconnects: AtomicU64,
     /// A second reconciliation after a lapsed lease, once any cleanup that
     /// other nodes started against this node has finished.
     reconcile_again_at: std::sync::Mutex<Option<Instant>>,
@@ -189,6 +199,8 @@ impl RedisPresence {
             hung: AtomicBool::new(false),
             last_success: std::sync::Mutex::new(Instant::now()),
             health_wake: tokio::sync::Notify::new(),
+            reconnects: AtomicU64::new(0),
+            reconciling: AtomicBool::new(false),
             reconcile_again_at: std::sync::Mutex::new(None),
             log: std::sync::Mutex::new(RateLimitedLog::new(Duration::from_secs(10))),
             slow_log: std::sync::Mutex::new(RateLimitedLog::new(Duration::from_secs(10))),
@@ -220,7 +232,9 @@ impl RedisPresence {
                 async move {
                     metrics::counter!(m::REDIS_RECONNECTS).increment(1);
                     tracing::info!(%server, "connected to Redis; reconciling presence");
-                    t.needs_reconcile.store(true, Ordering::Relaxed);
+                    // The writer starts a reconciliation, or lets the one
+                    // under way check whether Redis was replaced meanwhile.
+                    t.reconnects.fetch_add(1, Ordering::Relaxed);
                     t.pending.notify.notify_one();
                     Ok(())
                 }
