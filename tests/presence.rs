@@ -308,3 +308,78 @@ async fn a_node_stopped_with_sigterm_withdraws_its_presence_at_once() {
     assert_eq!(redis.cli(&["EXISTS", "miop:node:{A}:lease"]).trim(), "0");
     assert!(!redis.cli(&["SMEMBERS", "miop:nodes"]).contains('A'));
 }
+
+/// After an outage every node sharing a Redis reconciles at once, and a
+/// loaded Redis answers commands later than the command timeout while it
+/// answers all along (issue 11: at 1M sessions the nodes took that for a
+/// hung Redis, reconnected, threw their queued work away and started over,
+/// for ever). Here one node re-writes its presence into a Redis restarted
+/// empty while the server is blocked a little longer than the command
+/// timeout (2 s), again and again: commands in flight when a block starts
+/// time out, PINGs are answered when it ends. The node must keep its
+/// connection (no reconnection, no "does not answer" verdict), resume its
+/// reconciliation after each failed round, and converge while Redis is
+/// still slow; sessions are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_during_reconciliation_is_not_taken_for_a_hung_one_and_converges() {
+    let mut redis = Redis::start();
+    // A lease longer than a block, so that it never lapses here.
+    let gw = Miopd::start(&[
+        "--cores",
+        "2",
+        "--redis",
+        &redis.url(),
+        "--node-id",
+        "A",
+        "--presence-lease",
+        "15s",
+    ]);
+    let mut clients = fleet(&gw, "slow", 0, 2000).await;
+    converged(&gw, 2000);
+
+    let reconnects = gw.metric("miop_redis_reconnects_total").unwrap();
+    redis.restart();
+    wait_until(CONVERGE, "the node reconnected to the new Redis", || {
+        gw.metric("miop_redis_reconnects_total") == Some(reconnects + 1.0)
+    });
+    let log_before = gw.log_text().len();
+    let slow = redis.slow_down(Duration::from_millis(2300), Duration::from_millis(400));
+
+    // The mechanism is exercised: commands failed, and a PING on the probe
+    // connection was answered.
+    wait_until(CONVERGE, "a failed command, then a PING answered", || {
+        gw.metric("miop_redis_probes_total{result=\"answered\"}")
+            .unwrap_or(0.0)
+            >= 1.0
+    });
+    converged(&gw, 2000);
+    assert_eq!(redis.device_entries(), 2000);
+    let blocks = slow.blocks.load(std::sync::atomic::Ordering::Relaxed);
+    drop(slow);
+
+    let log = gw.log_text()[log_before..].to_string();
+    assert!(
+        !log.contains("does not answer") && !log.contains("had no reply"),
+        "Redis was taken for hung:\n{log}"
+    );
+    assert_eq!(
+        gw.metric("miop_redis_reconnects_total"),
+        Some(reconnects + 1.0),
+        "reconnected while Redis was slow"
+    );
+    assert_eq!(gw.metric("miop_redis_up"), Some(1.0));
+    assert_eq!(
+        gw.metric("miop_presence_reconciliations_aborted_total")
+            .unwrap_or(0.0),
+        0.0
+    );
+    println!(
+        "slow Redis: converged over {blocks} blocks; {} failed reconciliation rounds, {} failed writes",
+        gw.metric("miop_presence_reconcile_interruptions_total")
+            .unwrap_or(0.0),
+        gw.metric("miop_presence_writes_total{result=\"error\"}")
+            .unwrap_or(0.0)
+    );
+    all_alive(&mut clients).await;
+    assert_eq!(gw.metric("miop_sessions"), Some(2000.0));
+}

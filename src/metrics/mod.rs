@@ -49,6 +49,11 @@ pub const PRESENCE_BATCH_SECONDS: &str = "miop_presence_batch_duration_seconds";
 pub const PRESENCE_WRITES: &str = "miop_presence_writes_total";
 pub const RECONCILIATIONS: &str = "miop_presence_reconciliations_total";
 pub const RECONCILE_FIXES: &str = "miop_presence_reconcile_fixes_total";
+pub const RECONCILE_ABORTS: &str = "miop_presence_reconciliations_aborted_total";
+pub const RECONCILE_INTERRUPTIONS: &str = "miop_presence_reconcile_interruptions_total";
+pub const RECONCILE_REMAINING: &str = "miop_presence_reconcile_remaining";
+pub const PRESENCE_WINDOW: &str = "miop_presence_pipeline_window";
+pub const REDIS_PROBES: &str = "miop_redis_probes_total";
 pub const REMOTE_KICKS: &str = "miop_presence_remote_kicks_total";
 pub const NODE_CLEANUPS: &str = "miop_presence_dead_node_cleanups_total";
 pub const CLEANED_ENTRIES: &str = "miop_presence_cleaned_entries_total";
@@ -203,7 +208,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
     );
     describe_gauge!(
         REDIS_UP,
-        "1 when the presence client is connected to Redis (absent in standalone mode)."
+        "1 when the presence client is connected to Redis and Redis answers (absent in standalone mode)."
     );
     describe_counter!(
         REDIS_RECONNECTS,
@@ -228,11 +233,31 @@ pub fn install() -> Result<PrometheusHandle, String> {
     );
     describe_counter!(
         RECONCILIATIONS,
-        "Full reconciliations of this node's presence with Redis."
+        "Full reconciliations of this node's presence with Redis, completed."
     );
     describe_counter!(
         RECONCILE_FIXES,
         "Entries fixed by reconciliation, by kind (missing, mismatched, stale)."
+    );
+    describe_counter!(
+        RECONCILE_ABORTS,
+        "Reconciliations abandoned before completing because Redis was replaced (restarted, failed over) while they ran; a new one starts over."
+    );
+    describe_counter!(
+        RECONCILE_INTERRUPTIONS,
+        "Rounds of a reconciliation that failed (timeout or error); the reconciliation pauses, then resumes where it stopped."
+    );
+    describe_gauge!(
+        RECONCILE_REMAINING,
+        "Devices the running reconciliation has yet to compare with Redis (0 when none runs)."
+    );
+    describe_gauge!(
+        PRESENCE_WINDOW,
+        "Redis commands per pipelined round of presence writes and reconciliation reads; shrinks when Redis is slow."
+    );
+    describe_counter!(
+        REDIS_PROBES,
+        "PINGs sent on a separate connection after Redis commands failed, by result (answered: Redis is slow, not hung; unanswered)."
     );
     describe_counter!(
         REMOTE_KICKS,

@@ -1,15 +1,35 @@
 //! Whether Redis answers. fred's own notion of "connected" misses a hung
-//! server (its TCP connection stays open), so commands that fail in a row
-//! also count as down and force a reconnection; the writer only writes, and
-//! /healthz only reports "up", while both agree that Redis answers.
+//! server (its TCP connection stays open), and a command that times out does
+//! not tell a hung Redis from one that is only slow: after an outage, every
+//! node sharing one Redis reconciles at once, and commands can wait longer
+//! than the command timeout while Redis answers all along.
+//!
+//! So a failed command only wakes the health watch, which sends a PING on a
+//! connection of its own (it does not queue behind this node's commands) with
+//! its own timeout. Redis is "hung" only when two such PINGs in a row get no
+//! answer, or when the command connection got no reply at all for
+//! `STUCK_AFTER` command timeouts while the PINGs were answered (that one
+//! connection is dead): then the connections are re-established, and the
+//! reconnection starts a reconciliation. A slow Redis keeps its connection
+//! and its queued work; the worker paces itself instead (`pace`). The writer
+//! only writes, and /healthz only reports "up", while Redis answers.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 
 use super::RedisPresence;
 use crate::metrics as m;
+
+/// PINGs in a row without an answer (each within the command timeout) after
+/// which Redis is taken for hung.
+const HUNG_AFTER: u32 = 2;
+/// Command timeouts without any successful command on the command
+/// connection, while PINGs are answered, after which that connection is
+/// taken for dead.
+const STUCK_AFTER: u32 = 5;
 
 impl RedisPresence {
     /// Redis answers, as the writer last saw it.
@@ -21,7 +41,7 @@ impl RedisPresence {
     /// when that changes, and once if Redis is still unreachable a second
     /// after start-up.
     pub(super) fn check_connection(&self, started: Instant, startup_warned: &mut bool) -> bool {
-        let connected = self.client.is_connected() && self.failures.load(Ordering::Relaxed) < 2;
+        let connected = self.client.is_connected() && !self.hung.load(Ordering::Relaxed);
         if connected != self.up.swap(connected, Ordering::Relaxed) {
             metrics::gauge!(m::REDIS_UP).set(if connected { 1.0 } else { 0.0 });
             if connected {
@@ -47,23 +67,83 @@ impl RedisPresence {
     /// A Redis command succeeded: the server answers.
     pub(super) fn succeeded(&self) {
         self.failures.store(0, Ordering::Relaxed);
+        self.hung.store(false, Ordering::Relaxed);
+        *self.last_success.lock().unwrap() = Instant::now();
     }
 
-    /// A Redis command failed. After two in a row the server is treated as
-    /// down (it may be hung with its connection open): the connection is
-    /// re-established, and the reconnect triggers a reconciliation.
+    /// A Redis command failed (timed out, or Redis answered an error). Not a
+    /// verdict by itself: the health watch probes.
     pub(super) fn failed(&self) {
-        if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= 2
-            && self.up.swap(false, Ordering::Relaxed)
-        {
-            metrics::gauge!(m::REDIS_UP).set(0.0);
-            tracing::warn!("Redis does not answer; reconnecting (sessions are unaffected, presence changes queue)");
-            self.needs_reconcile.store(true, Ordering::Relaxed);
-            let client = self.client.clone();
-            tokio::spawn(async move {
-                let _ = client.force_reconnection().await;
-            });
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.health_wake.notify_one();
+    }
+
+    /// The health watch: while commands fail, PINGs Redis on the probe
+    /// connection, at most once per command timeout, and decides between
+    /// slow (nothing to do) and hung (reconnect).
+    pub(super) async fn health_watch(self: Arc<Self>) {
+        let timeout = self.settings.command_timeout;
+        loop {
+            self.health_wake.notified().await;
+            let mut unanswered = 0u32;
+            while self.failures.load(Ordering::Relaxed) > 0
+                && !self.hung.load(Ordering::Relaxed)
+                && self.client.is_connected()
+            {
+                let sent = Instant::now();
+                let answer = tokio::time::timeout(timeout, self.probe.ping::<Value>(None)).await;
+                let rtt = sent.elapsed();
+                if matches!(answer, Ok(Ok(_))) {
+                    unanswered = 0;
+                    metrics::counter!(m::REDIS_PROBES, "result" => "answered").increment(1);
+                    let silent = self.last_success.lock().unwrap().elapsed();
+                    if silent >= timeout * STUCK_AFTER {
+                        self.declare_hung(&format!(
+                            "Redis answers on another connection, but the command connection had no reply for {} s",
+                            silent.as_secs()
+                        ));
+                        break;
+                    }
+                    self.slow_log.lock().unwrap().warn(|suppressed| {
+                        tracing::info!(
+                            ping_ms = rtt.as_millis() as u64,
+                            suppressed,
+                            "Redis commands time out or fail, but Redis answers a PING: it is slow, not hung; keeping the connection and pacing presence work"
+                        )
+                    });
+                    tokio::time::sleep(timeout).await;
+                } else {
+                    unanswered += 1;
+                    metrics::counter!(m::REDIS_PROBES, "result" => "unanswered").increment(1);
+                    if unanswered >= HUNG_AFTER {
+                        self.declare_hung(&format!(
+                            "Redis does not answer ({HUNG_AFTER} PINGs on a separate connection unanswered within {} ms each)",
+                            timeout.as_millis()
+                        ));
+                        break;
+                    }
+                    // At most one probe per command timeout, even when the
+                    // probe connection fails at once.
+                    tokio::time::sleep_until((sent + timeout).into()).await;
+                }
+            }
         }
+    }
+
+    /// Redis is taken for hung: report it down and re-establish the
+    /// connections; the reconnection starts a reconciliation.
+    fn declare_hung(&self, why: &str) {
+        if self.hung.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if self.up.swap(false, Ordering::Relaxed) {
+            metrics::gauge!(m::REDIS_UP).set(0.0);
+        }
+        tracing::warn!("{why}; reconnecting (sessions are unaffected, presence changes queue)");
+        let (client, probe) = (self.client.clone(), self.probe.clone());
+        tokio::spawn(async move {
+            let _ = futures_util::join!(client.force_reconnection(), probe.force_reconnection());
+        });
     }
 
     /// Health details for /healthz.
@@ -73,6 +153,7 @@ impl RedisPresence {
             "redis": if self.is_up() { "up" } else { "down" },
             "pending": self.pending.len(),
             "lag_seconds": self.pending.lag_seconds(),
+            "reconciling": self.reconciling.load(Ordering::Relaxed),
         })
     }
 }

@@ -8,7 +8,13 @@
 //!
 //! - this file: the worker's state, its settings, and [`RedisPresence::start`]
 //!   (the fred clients, their reconnect policy, the tasks below);
-//! - `health`: whether Redis answers, and what /healthz says about it;
+//! - `health`: whether Redis answers, and what /healthz says about it. A
+//!   failed command is not enough to call Redis hung: a PING on a separate
+//!   connection tells a slow Redis (it answers; the work is paced instead)
+//!   from a hung one (reconnect);
+//! - `pace`: how many commands go in one round of bulk work (adapting to
+//!   Redis's latency), the pause after a failed round, and the random delay
+//!   before a reconciliation;
 //! - `writer`: a writer drains the coalesced `ChangeFeed` in batches; the
 //!   commands of a batch are issued concurrently, which fred pipelines on the
 //!   connection. Failed changes go back to the queue; nothing waits on Redis
@@ -23,8 +29,9 @@
 //! - `reconcile`: after every (re)connect, and whenever this node's lease
 //!   had lapsed, the node re-asserts every session it holds and removes
 //!   entries in its name that it no longer holds, so Redis and memory
-//!   converge without a restart; the same comparison, read-only, answers
-//!   /v1/consistency;
+//!   converge without a restart. A pass runs in paced rounds between the
+//!   writer's batches and survives failed rounds (it resumes where it
+//!   stopped); the same comparison, read-only, answers /v1/consistency;
 //! - `keys`: the key schema and the Lua scripts.
 //!
 //! Dependencies point one way: `crate::push` (the push API, routing between
@@ -40,12 +47,13 @@ mod health;
 pub mod keys;
 mod kicks;
 mod lease;
+mod pace;
 mod reconcile;
 mod writer;
 
 pub use reconcile::{Consistency, PresenceEntry};
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -75,6 +83,9 @@ pub struct RedisSettings {
 /// is flags and counters that those tasks read and set without locks.
 pub struct RedisPresence {
     client: Client,
+    /// A connection of its own for PINGs that tell a slow Redis from a hung
+    /// one: a PING here does not wait behind the command connection's queue.
+    probe: Client,
     subscriber: SubscriberClient,
     gateway: Arc<Gateway>,
     pending: Arc<ChangeFeed>,
@@ -91,14 +102,29 @@ pub struct RedisPresence {
     leased: AtomicBool,
     /// A handle to this value for tasks spawned from `&self` methods.
     self_ref: std::sync::OnceLock<std::sync::Weak<RedisPresence>>,
-    /// Commands failed in a row (timeouts of a hung server, errors). fred
+    /// Commands failed since the last success (timeouts, errors). fred
     /// judges a connection unresponsive by the time since its last write,
-    /// which our own retries keep short, so a hung server is detected here.
+    /// which our own retries keep short, so a hung server is detected here:
+    /// failures wake the health watch, which probes (see `health`).
     failures: std::sync::atomic::AtomicU32,
+    /// The health watch found Redis hung (no answer to its probes) and
+    /// forced a reconnection; cleared by the next successful command.
+    hung: AtomicBool,
+    /// When a command last succeeded on the command connection.
+    last_success: std::sync::Mutex<Instant>,
+    /// Wakes the health watch (a command failed).
+    health_wake: tokio::sync::Notify,
+    /// A reconciliation pass is under way (or waiting for its start delay).
+    reconciling: AtomicBool,
+    /// (Re)connections of the command connection so far: a reconciliation
+    /// pass that sees it change checks whether Redis was replaced.
+    reconnects: AtomicU64,
     /// A second reconciliation after a lapsed lease, once any cleanup that
     /// other nodes started against this node has finished.
     reconcile_again_at: std::sync::Mutex<Option<Instant>>,
     log: std::sync::Mutex<RateLimitedLog>,
+    /// The health watch's "slow, not hung" notice, rate-limited on its own.
+    slow_log: std::sync::Mutex<RateLimitedLog>,
     /// Where routed pushes and devices coming online go (the push layer).
     events: Box<dyn PushEvents>,
 }
@@ -154,8 +180,10 @@ impl RedisPresence {
         let subscriber = builder
             .build_subscriber_client()
             .map_err(|e| e.to_string())?;
+        let probe = builder.build().map_err(|e| e.to_string())?;
         let this = Arc::new(RedisPresence {
             client,
+            probe,
             subscriber,
             incarnation: gateway.incarnation.clone(),
             gateway,
@@ -168,13 +196,20 @@ impl RedisPresence {
             leased: AtomicBool::new(false),
             self_ref: std::sync::OnceLock::new(),
             failures: std::sync::atomic::AtomicU32::new(0),
+            hung: AtomicBool::new(false),
+            last_success: std::sync::Mutex::new(Instant::now()),
+            health_wake: tokio::sync::Notify::new(),
+            reconnects: AtomicU64::new(0),
+            reconciling: AtomicBool::new(false),
             reconcile_again_at: std::sync::Mutex::new(None),
             log: std::sync::Mutex::new(RateLimitedLog::new(Duration::from_secs(10))),
+            slow_log: std::sync::Mutex::new(RateLimitedLog::new(Duration::from_secs(10))),
             events: Box::new(events),
         });
         let _ = this.self_ref.set(Arc::downgrade(&this));
         this.client.connect();
         this.subscriber.connect();
+        this.probe.connect();
         // Not fred's manage_subscriptions(): in fred 10.1 its resubscribe_all()
         // first sends SUBSCRIBE with no channels, which Redis rejects, and
         // returns before re-subscribing shard channels. We re-subscribe the
@@ -197,7 +232,9 @@ impl RedisPresence {
                 async move {
                     metrics::counter!(m::REDIS_RECONNECTS).increment(1);
                     tracing::info!(%server, "connected to Redis; reconciling presence");
-                    t.needs_reconcile.store(true, Ordering::Relaxed);
+                    // The writer starts a reconciliation, or lets the one
+                    // under way check whether Redis was replaced meanwhile.
+                    t.reconnects.fetch_add(1, Ordering::Relaxed);
                     t.pending.notify.notify_one();
                     Ok(())
                 }
@@ -208,6 +245,7 @@ impl RedisPresence {
         tokio::spawn(this.clone().cleanup_loop());
         tokio::spawn(this.clone().kick_listener());
         tokio::spawn(this.clone().subscriber_watch());
+        tokio::spawn(this.clone().health_watch());
         Ok(this)
     }
 

@@ -1,20 +1,93 @@
-//! Comparing this node's memory with Redis: [`RedisPresence::reconcile`]
+//! Comparing this node's memory with Redis: a reconciliation [`Pass`]
 //! repairs the differences (after reconnects, lapsed leases, lost kicks and
-//! on a slow timer), [`RedisPresence::consistency`] only counts them, and
+//! on a slow timer) in paced rounds that survive failures,
+//! [`RedisPresence::consistency`] only counts them, and
 //! [`RedisPresence::lookup`] reads one device's entry. The device index is
 //! the truth for this node's sessions; Redis is made to match it.
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use fred::error::ErrorKind;
 use fred::prelude::*;
+use fred::types::{ClusterHash, CustomCommand, InfoKind};
 use futures_util::future::join_all;
 use serde::Serialize;
 
+use super::pace::{self, Pace};
 use super::{keys, Fred, RedisPresence, BATCH};
 use crate::gateway::Bound;
 use crate::metrics as m;
+
+/// How often a long reconciliation logs its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// Where a reconciliation pass is.
+enum Stage {
+    /// Comparing local sessions with their entries; the next one to compare.
+    Local(usize),
+    /// Scanning the node's device set for members it does not hold.
+    Stale {
+        /// The `SSCAN` cursor ("0" before the first round and after the last).
+        cursor: String,
+        /// The set's size (`SCARD`), read with the first round.
+        size: Option<u64>,
+        /// Members returned so far.
+        scanned: u64,
+    },
+}
+
+/// A reconciliation pass: local sessions first, then the node's device set,
+/// in rounds the size of the pacing window. The writer keeps it across
+/// failed rounds, so a timeout costs one round, not the pass; it starts over
+/// only when Redis was replaced meanwhile. It holds the names of the local
+/// sessions of when it was made (one pointer per session, the strings are
+/// shared with the device index).
+pub(super) struct Pass {
+    devices: Vec<Arc<str>>,
+    stage: Stage,
+    /// The run id of the Redis the pass reads (after its first round; `None`
+    /// on a cluster).
+    run_id: Option<String>,
+    /// `RedisPresence::reconnects` when the pass last checked its Redis.
+    epoch: u64,
+    /// The random start delay ends.
+    pub(super) not_before: Instant,
+    /// Another pass was asked for after this one had begun reading: it
+    /// follows this one.
+    pub(super) again: bool,
+    /// The first round.
+    started: Option<Instant>,
+    missing: u64,
+    mismatched: u64,
+    stale: u64,
+    rounds: u64,
+    /// Failed rounds (each retried after a pause).
+    pub(super) interruptions: u64,
+    last_report: Instant,
+}
+
+impl Pass {
+    /// It has read from Redis: a request made now is not covered by it.
+    pub(super) fn has_started(&self) -> bool {
+        self.started.is_some()
+    }
+
+    /// Devices it has yet to compare: the local sessions not compared yet,
+    /// then the members of the device set not scanned yet.
+    pub(super) fn remaining(&self) -> u64 {
+        match &self.stage {
+            Stage::Local(next) => (self.devices.len() - next) as u64,
+            Stage::Stale { size, scanned, .. } => size.unwrap_or(0).saturating_sub(*scanned),
+        }
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.started.map(|t| t.elapsed()).unwrap_or_default()
+    }
+}
 
 /// What Redis says about one device.
 #[derive(Debug, Clone, Serialize)]
@@ -115,45 +188,295 @@ impl RedisPresence {
         Ok((stale, total, checked))
     }
 
-    /// Makes Redis match this node's memory: marks every local session whose
-    /// entry is missing or wrong, and every entry in this node's name it does
-    /// not hold, for the writer (which writes the index's truth); repairs the
-    /// node's device set.
-    pub async fn reconcile(&self) -> Fred<()> {
-        let started = Instant::now();
-        let local = self.gateway.snapshot();
-        let (missing, mismatched) = self.compare_local(&local).await?;
-        for &i in missing.iter().chain(&mismatched) {
-            self.pending.mark(&local[i].0);
+    /// A new reconciliation pass over the sessions held now; it starts after
+    /// a random delay that grows with their number (`pace::start_delay`).
+    pub(super) fn new_pass(&self) -> Pass {
+        let devices: Vec<Arc<str>> = self
+            .gateway
+            .snapshot()
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect();
+        let delay = pace::start_delay(devices.len());
+        tracing::debug!(
+            sessions = devices.len(),
+            delay_ms = delay.as_millis() as u64,
+            "presence reconciliation scheduled"
+        );
+        self.reconciling.store(true, Ordering::Relaxed);
+        let now = Instant::now();
+        let pass = Pass {
+            devices,
+            stage: Stage::Local(0),
+            run_id: None,
+            epoch: self.reconnects.load(Ordering::Relaxed),
+            not_before: now + delay,
+            again: false,
+            started: None,
+            missing: 0,
+            mismatched: 0,
+            stale: 0,
+            rounds: 0,
+            interruptions: 0,
+            last_report: now,
+        };
+        metrics::gauge!(m::RECONCILE_REMAINING).set(pass.remaining() as f64);
+        pass
+    }
+
+    /// Makes Redis match this node's memory, one paced round after another,
+    /// for up to `budget` (at least one round), so that the writer's batches
+    /// go in between: marks every local session whose entry is missing or
+    /// wrong, and every member of the node's device set it does not hold, for
+    /// the writer (which writes the index's truth), and adds the local
+    /// sessions to the set. `Ok(true)` when the pass is complete. A failed
+    /// round fails the call and leaves the pass where it was: the caller
+    /// retries after a pause, and the pass resumes with that round.
+    pub(super) async fn reconcile_rounds(
+        &self,
+        pass: &mut Pass,
+        pace: &mut Pace,
+        budget: Duration,
+    ) -> Fred<bool> {
+        let began = Instant::now();
+        if !self.same_redis(pass).await? {
+            return Ok(false);
         }
-        let set_key = keys::node_devices(self.me());
-        for chunk in local.chunks(BATCH) {
-            let members: Vec<String> = chunk.iter().map(|(d, _)| d.to_string()).collect();
-            let _: i64 = self.client.sadd(&set_key, members).await?;
+        loop {
+            let done = match pass.stage {
+                Stage::Local(_) => self.local_round(pass, pace).await?,
+                Stage::Stale { .. } => self.stale_round(pass, pace).await?,
+            };
+            pass.rounds += 1;
+            self.succeeded();
+            metrics::gauge!(m::RECONCILE_REMAINING).set(pass.remaining() as f64);
+            metrics::gauge!(m::PRESENCE_WINDOW).set(pace.window() as f64);
+            if done {
+                self.finish(pass);
+                return Ok(true);
+            }
+            if pass.last_report.elapsed() >= PROGRESS_EVERY {
+                pass.last_report = Instant::now();
+                tracing::info!(
+                    sessions = pass.devices.len(),
+                    remaining = pass.remaining(),
+                    window = pace.window(),
+                    interruptions = pass.interruptions,
+                    elapsed_ms = pass.elapsed().as_millis() as u64,
+                    "presence reconciliation under way"
+                );
+            }
+            if began.elapsed() >= budget {
+                return Ok(false);
+            }
         }
-        // Stale: compare with the index as it is now, not the snapshot above.
-        let now = self.gateway.snapshot();
-        let names: HashSet<&str> = now.iter().map(|(d, _)| &**d).collect();
-        let (stale, _, _) = self.find_stale(&names, None).await?;
-        let mut stale_entries = 0u64;
-        for (d, sid) in &stale {
-            stale_entries += sid.is_some() as u64;
-            self.pending.mark(d);
+    }
+
+    /// Before the first round, notes which Redis the pass reads; after a
+    /// reconnection, checks that it is still that one. A Redis that was
+    /// replaced (restarted: its data is gone; failed over) voids what the
+    /// pass checked: it starts over, as a new pass (`false`). On a cluster a
+    /// reconnection may be to a replaced shard, so any reconnection starts
+    /// over.
+    async fn same_redis(&self, pass: &mut Pass) -> Fred<bool> {
+        let epoch = self.reconnects.load(Ordering::Relaxed);
+        if pass.started.is_none() {
+            pass.run_id = self.run_id().await?;
+            pass.epoch = epoch;
+            pass.started = Some(Instant::now());
+            return Ok(true);
         }
-        metrics::counter!(m::RECONCILIATIONS).increment(1);
-        metrics::counter!(m::RECONCILE_FIXES, "kind" => "missing").increment(missing.len() as u64);
-        metrics::counter!(m::RECONCILE_FIXES, "kind" => "mismatched")
-            .increment(mismatched.len() as u64);
-        metrics::counter!(m::RECONCILE_FIXES, "kind" => "stale").increment(stale_entries);
+        if pass.epoch == epoch {
+            return Ok(true);
+        }
+        let run_id = self.run_id().await?;
+        pass.epoch = epoch;
+        if run_id.is_some() && run_id == pass.run_id {
+            tracing::info!(
+                remaining = pass.remaining(),
+                "reconnected to the same Redis; the presence reconciliation resumes where it was"
+            );
+            return Ok(true);
+        }
+        metrics::counter!(m::RECONCILE_ABORTS).increment(1);
         tracing::info!(
-            sessions = local.len(),
-            missing = missing.len(),
-            mismatched = mismatched.len(),
-            stale = stale_entries,
-            took_ms = started.elapsed().as_millis() as u64,
+            remaining = pass.remaining(),
+            "Redis was replaced during the presence reconciliation; starting it over"
+        );
+        *pass = self.new_pass();
+        Ok(false)
+    }
+
+    /// The run id of the Redis server (a new one at every start), or `None`
+    /// when it cannot be known: on a cluster (one per shard), or when Redis
+    /// refuses `INFO` (an ACL). Without it, any reconnection starts the pass
+    /// over. A timeout is an error like any other failed round's.
+    async fn run_id(&self) -> Fred<Option<String>> {
+        if self.client.is_clustered() {
+            return Ok(None);
+        }
+        match self.client.info::<String>(Some(InfoKind::Server)).await {
+            Ok(info) => Ok(info
+                .lines()
+                .find_map(|l| l.strip_prefix("run_id:"))
+                .map(|id| id.trim().to_owned())),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::Timeout
+                        | ErrorKind::IO
+                        | ErrorKind::Canceled
+                        | ErrorKind::Backpressure
+                ) =>
+            {
+                Err(e)
+            }
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// One round of local sessions: `HMGET node sid` of each (still held
+    /// here) and one `SADD` of them all to the node's set. Nothing is marked
+    /// or counted unless the whole round succeeded.
+    async fn local_round(&self, pass: &mut Pass, pace: &mut Pace) -> Fred<bool> {
+        let Stage::Local(next) = pass.stage else {
+            return Ok(false);
+        };
+        let end = (next + pace.window()).min(pass.devices.len());
+        // A device that left since the snapshot is the writer's business
+        // (its change is marked); one that came since is too.
+        let held: Vec<(&Arc<str>, Bound)> = pass.devices[next..end]
+            .iter()
+            .filter_map(|d| self.gateway.locate(d).map(|b| (d, b)))
+            .collect();
+        if !held.is_empty() {
+            let set_key = keys::node_devices(self.me());
+            let members: Vec<String> = held.iter().map(|(d, _)| d.to_string()).collect();
+            let sent = Instant::now();
+            let (reads, added) = futures_util::join!(
+                join_all(held.iter().map(|(d, _)| {
+                    self.client.hmget::<(Option<String>, Option<String>), _, _>(
+                        keys::device(d),
+                        vec!["node", "sid"],
+                    )
+                })),
+                self.client.sadd::<i64, _, _>(&set_key, members)
+            );
+            let took = sent.elapsed();
+            let reads: Vec<(Option<String>, Option<String>)> =
+                reads.into_iter().collect::<Fred<_>>()?;
+            added?;
+            pace.done(held.len() + 1, took);
+            for ((device, loc), entry) in held.iter().zip(reads) {
+                match entry {
+                    (None, _) => pass.missing += 1,
+                    (Some(node), sid)
+                        if node != self.me()
+                            || sid.as_deref() != Some(self.tag(loc.session_id).as_str()) =>
+                    {
+                        pass.mismatched += 1
+                    }
+                    _ => continue,
+                }
+                self.pending.mark(device);
+            }
+        }
+        pass.stage = if end == pass.devices.len() {
+            Stage::Stale {
+                cursor: "0".into(),
+                size: None,
+                scanned: 0,
+            }
+        } else {
+            Stage::Local(end)
+        };
+        Ok(false)
+    }
+
+    /// One round over the node's device set (`SSCAN`, so the set is never
+    /// read in one reply and the scan can resume): each member this node
+    /// does not hold now is marked (the writer PURGEs an entry in this
+    /// node's name and `SREM`s the member); `HMGET node` tells which of them
+    /// are stale entries rather than stale members. `true` when the scan is
+    /// complete.
+    async fn stale_round(&self, pass: &mut Pass, pace: &mut Pace) -> Fred<bool> {
+        let Stage::Stale {
+            cursor,
+            size,
+            scanned,
+        } = &mut pass.stage
+        else {
+            return Ok(false);
+        };
+        let set_key = keys::node_devices(self.me());
+        let sent = Instant::now();
+        let want_size = size.is_none();
+        let (scan, card) = futures_util::join!(
+            self.client.custom::<(String, Vec<String>), _>(
+                CustomCommand::new_static("SSCAN", ClusterHash::FirstKey, false),
+                vec![
+                    set_key.clone(),
+                    cursor.clone(),
+                    "COUNT".into(),
+                    pace.window().to_string(),
+                ],
+            ),
+            async {
+                if want_size {
+                    self.client.scard::<u64, _>(&set_key).await.map(Some)
+                } else {
+                    Ok(None)
+                }
+            }
+        );
+        let (next_cursor, members) = scan?;
+        let card = card?;
+        let candidates: Vec<String> = members
+            .iter()
+            .filter(|d| self.gateway.locate(d).is_none())
+            .cloned()
+            .collect();
+        let reads: Vec<Option<String>> = join_all(candidates.iter().map(|d| {
+            self.client
+                .hget::<Option<String>, _, _>(keys::device(d), "node")
+        }))
+        .await
+        .into_iter()
+        .collect::<Fred<_>>()?;
+        pace.done(members.len().max(1) + candidates.len(), sent.elapsed());
+        if let Some(n) = card {
+            *size = Some(n);
+        }
+        *scanned += members.len() as u64;
+        *cursor = next_cursor;
+        let finished = cursor.as_str() == "0";
+        for (device, node) in candidates.iter().zip(reads) {
+            // Held by nobody or by another node: only the set member is
+            // stale. Held in this node's name: the entry is.
+            pass.stale += (node.as_deref() == Some(self.me())) as u64;
+            self.pending.mark(device);
+        }
+        Ok(finished)
+    }
+
+    /// A pass completed: counted and logged.
+    fn finish(&self, pass: &Pass) {
+        self.reconciling.store(false, Ordering::Relaxed);
+        metrics::gauge!(m::RECONCILE_REMAINING).set(0.0);
+        metrics::counter!(m::RECONCILIATIONS).increment(1);
+        metrics::counter!(m::RECONCILE_FIXES, "kind" => "missing").increment(pass.missing);
+        metrics::counter!(m::RECONCILE_FIXES, "kind" => "mismatched").increment(pass.mismatched);
+        metrics::counter!(m::RECONCILE_FIXES, "kind" => "stale").increment(pass.stale);
+        tracing::info!(
+            sessions = pass.devices.len(),
+            missing = pass.missing,
+            mismatched = pass.mismatched,
+            stale = pass.stale,
+            rounds = pass.rounds,
+            interruptions = pass.interruptions,
+            took_ms = pass.elapsed().as_millis() as u64,
             "presence reconciled with Redis"
         );
-        Ok(())
     }
 
     /// Compares memory with Redis without changing anything. Full by default

@@ -3,7 +3,9 @@
 //! the gateway's device index says at that moment (online with the live
 //! session, or no entry in this node's name), so coalesced and replayed
 //! changes are always right. It writes nothing until the kick channel is
-//! subscribed and the lease is held, and reconciles first when asked to.
+//! subscribed and the lease is held. It also runs the reconciliation passes
+//! (`reconcile`), alternating slices of a pass with batches, and paces both
+//! (`pace`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,20 +14,51 @@ use std::time::{Duration, Instant};
 use fred::prelude::*;
 use futures_util::future::join_all;
 
+use super::pace::Pace;
+use super::reconcile::Pass;
 use super::{keys, Fred, RedisPresence, BATCH};
 use crate::gateway::Bound;
 use crate::metrics as m;
 
+/// While a reconciliation runs, the writer alternates between it and the
+/// pending set, about this long each.
+const RECONCILE_SLICE: Duration = Duration::from_millis(250);
+
 impl RedisPresence {
     /// The writer task: wakes on new changes, and every 100 ms to notice
-    /// Redis coming and going.
+    /// Redis coming and going. It runs the reconciliation too, a slice of
+    /// rounds at a time between drains of the pending set, and paces both
+    /// (`pace`): one round of at most a window of commands in flight, and a
+    /// pause after a failed round.
     pub(super) async fn writer(self: Arc<Self>) {
         let started = Instant::now();
         let mut startup_warned = false;
+        let mut pace = Pace::new(self.settings.command_timeout, BATCH);
+        let mut pass: Option<Pass> = None;
+        let mut reconnects = 0;
         loop {
-            tokio::select! {
-                _ = self.pending.notify.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            let now = Instant::now();
+            let can_write = self.is_up()
+                && self.subscribed.load(Ordering::Relaxed)
+                && self.leased.load(Ordering::Relaxed);
+            let runnable = can_write && pass.as_ref().is_some_and(|p| p.not_before <= now);
+            let mut wake = now + Duration::from_millis(100);
+            if let Some(p) = pass.as_ref().filter(|p| p.not_before > now) {
+                wake = wake.min(p.not_before);
+            }
+            if let Some(t) = pace.paused_until(now) {
+                wake = t;
+            } else if runnable {
+                // Reconciliation work is waiting: only let others run.
+                wake = now;
+            }
+            if wake > now {
+                tokio::select! {
+                    _ = self.pending.notify.notified() => {}
+                    _ = tokio::time::sleep_until(wake.into()) => {}
+                }
+            } else {
+                tokio::task::yield_now().await;
             }
             metrics::gauge!(m::PRESENCE_QUEUE).set(self.pending.len() as f64);
             metrics::gauge!(m::PRESENCE_LAG).set(self.pending.lag_seconds());
@@ -36,32 +69,78 @@ impl RedisPresence {
             {
                 continue;
             }
+            let seen = self.reconnects.load(Ordering::Relaxed);
+            if seen != reconnects {
+                // Every node may be reconnecting now: start with small
+                // rounds. A pass under way checks which Redis this is.
+                reconnects = seen;
+                pace.restart();
+                if pass.is_none() {
+                    pass = Some(self.new_pass());
+                }
+            }
             if self.pending.take_overflowed() {
                 self.needs_reconcile.store(true, Ordering::Relaxed);
             }
             if self.needs_reconcile.swap(false, Ordering::Relaxed) {
-                match self.reconcile().await {
-                    Ok(()) => self.succeeded(),
+                match pass.as_mut() {
+                    None => pass = Some(self.new_pass()),
+                    // Not reading yet: it will cover this request.
+                    Some(p) if !p.has_started() => {}
+                    Some(p) => p.again = true,
+                }
+            }
+            let now = Instant::now();
+            if pace.paused_until(now).is_some() {
+                continue;
+            }
+            if let Some(p) = pass.as_mut().filter(|p| p.not_before <= now) {
+                match self.reconcile_rounds(p, &mut pace, RECONCILE_SLICE).await {
+                    Ok(true) => {
+                        pass = p.again.then(|| self.new_pass());
+                    }
+                    Ok(false) => {}
                     Err(e) => {
-                        // Retried on the next wake; the batches below still go.
-                        self.needs_reconcile.store(true, Ordering::Relaxed);
+                        p.interruptions += 1;
+                        metrics::counter!(m::RECONCILE_INTERRUPTIONS).increment(1);
+                        pace.failed(Instant::now());
                         self.failed();
-                        self.warn("presence reconciliation failed; will retry", &e);
+                        self.warn(
+                            "a presence reconciliation round failed; it resumes where it stopped after a pause",
+                            &e,
+                        );
+                        continue;
                     }
                 }
             }
+            let writing = Instant::now();
             loop {
-                let batch = self.pending.take(BATCH);
+                let batch = self.pending.take(pace.window());
                 if batch.is_empty() {
                     break;
                 }
+                let sent = batch.len();
+                let t0 = Instant::now();
                 match self.write_batch(batch).await {
-                    Ok(()) => self.succeeded(),
+                    Ok(()) => {
+                        pace.done(sent, t0.elapsed());
+                        self.succeeded();
+                    }
                     Err(e) => {
+                        pace.failed(Instant::now());
                         self.failed();
                         self.warn("presence write failed; changes requeued", &e);
                         break;
                     }
+                }
+                metrics::gauge!(m::PRESENCE_WINDOW).set(pace.window() as f64);
+                if writing.elapsed() >= RECONCILE_SLICE
+                    && pass
+                        .as_ref()
+                        .is_some_and(|p| p.not_before <= Instant::now())
+                {
+                    // The reconciliation's turn: both get their slices.
+                    break;
                 }
             }
             metrics::gauge!(m::PRESENCE_QUEUE).set(self.pending.len() as f64);
@@ -151,18 +230,26 @@ impl RedisPresence {
             if add.is_empty() {
                 return Ok(0);
             }
-            self.client.sadd::<i64, _, _>(&set_key, add).await
+            self.client.sadd::<i64, _, _>(&set_key, add.clone()).await
         };
         let srem = async {
             if remove.is_empty() {
                 return Ok(0);
             }
-            self.client.srem::<i64, _, _>(&set_key, remove).await
+            self.client
+                .srem::<i64, _, _>(&set_key, remove.clone())
+                .await
         };
         let (a, r) = futures_util::join!(sadd, srem);
-        if a.is_err() || r.is_err() {
-            // The device entries are right; the set is repaired by reconciliation.
-            self.needs_reconcile.store(true, Ordering::Relaxed);
+        let write_errors = failed.len() as u64;
+        // The device entries are right but the set is not: write those
+        // devices again (which repeats the set update), rather than ask for a
+        // whole reconciliation because one command timed out.
+        for (result, devices) in [(a, add), (r, remove)] {
+            if let Err(e) = result {
+                first_err.get_or_insert(e);
+                failed.extend(devices.into_iter().map(Box::<str>::from));
+            }
         }
         for (node, msg) in kicks {
             match self
@@ -181,8 +268,7 @@ impl RedisPresence {
             }
         }
         if let Some(e) = first_err {
-            metrics::counter!(m::PRESENCE_WRITES, "result" => "error")
-                .increment(failed.len() as u64);
+            metrics::counter!(m::PRESENCE_WRITES, "result" => "error").increment(write_errors);
             self.pending.requeue(failed);
             return Err(e);
         }

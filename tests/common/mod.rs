@@ -327,18 +327,26 @@ pub fn node_on(redis_url: &str, id: &str, extra: &[&str]) -> Miopd {
 }
 
 /// One look at /v1/consistency: Redis equal to this node's memory with `n`
-/// sessions, nothing missing, stale, mismatched or pending.
+/// sessions, nothing missing, stale, mismatched or pending, and no
+/// reconciliation running or about to (/healthz): the writer interleaves a
+/// reconciliation with its batches, so Redis can look right before the
+/// reconciliation after an outage has finished.
 pub fn consistent(gw: &Miopd, n: u64) -> bool {
     let Some((200, body)) = gw.try_get("/v1/consistency") else {
         return false;
     };
     let c: serde_json::Value = serde_json::from_str(&body).unwrap();
-    c["missing"] == 0
+    let equal = c["missing"] == 0
         && c["stale"] == 0
         && c["mismatched"] == 0
         && c["pending"] == 0
         && c["local_sessions"] == n
-        && c["redis_entries"] == n
+        && c["redis_entries"] == n;
+    equal
+        && gw.try_get("/healthz").is_some_and(|(_, h)| {
+            let h: serde_json::Value = serde_json::from_str(&h).unwrap_or_default();
+            h["presence"]["reconciling"] != true
+        })
 }
 
 /// `POST /v1/push` with the bearer token; (status, JSON answer).

@@ -1,7 +1,10 @@
 //! A private redis-server per test, on a free loopback port, so tests can kill,
 //! pause and restart it without touching anyone else's Redis.
 
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub struct Redis {
@@ -61,6 +64,9 @@ impl Redis {
                 "",
                 "--appendonly",
                 "no",
+                // DEBUG SLEEP, for tests of a slow Redis (`slow_down`).
+                "--enable-debug-command",
+                "local",
             ])
             .args(
                 self.password
@@ -132,6 +138,60 @@ impl Redis {
             .lines()
             .filter(|l| !l.is_empty())
             .count()
+    }
+}
+
+/// A Redis kept slow (see [`Redis::slow_down`]) until this is dropped.
+pub struct Slowdown {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Blocks done so far.
+    pub blocks: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Redis {
+    /// Makes the server slow but not hung, as a heavily loaded one is: a
+    /// thread blocks it with `DEBUG SLEEP busy`, lets it serve for `gap`,
+    /// and blocks it again, until the returned value is dropped. Every
+    /// command that reaches it during a block waits for the block's end.
+    pub fn slow_down(&self, busy: Duration, gap: Duration) -> Slowdown {
+        assert!(self.password.is_none(), "slow_down sends no AUTH");
+        let stop = Arc::new(AtomicBool::new(false));
+        let blocks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let thread = {
+            let (stop, blocks) = (stop.clone(), blocks.clone());
+            std::thread::spawn(move || {
+                let secs = format!("{:.3}", busy.as_secs_f64());
+                let cmd = format!(
+                    "*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n${}\r\n{secs}\r\n",
+                    secs.len()
+                );
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                while !stop.load(Ordering::Relaxed) {
+                    conn.write_all(cmd.as_bytes()).unwrap();
+                    let mut reply = String::new();
+                    reader.read_line(&mut reply).unwrap();
+                    assert_eq!(reply.trim_end(), "+OK", "DEBUG SLEEP refused");
+                    blocks.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(gap);
+                }
+            })
+        };
+        Slowdown {
+            stop,
+            thread: Some(thread),
+            blocks,
+        }
+    }
+}
+
+impl Drop for Slowdown {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
