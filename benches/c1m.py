@@ -14,8 +14,10 @@ What it takes to hold a million Miop sessions on one host, done for you:
 4. samples every second the CPU and RSS of each process group (gateways,
    load generator, Redis), the kernel's slab and the bound sessions;
 5. optionally kills Redis for a while during the hold and measures how long
-   presence takes to be consistent again, and checks `/v1/consistency` on
-   every gateway at the end;
+   presence takes to be consistent again (optionally with the restarted
+   Redis kept slow, `--slow-redis`, as a loaded one is: how long until every
+   entry is back in it), and checks `/v1/consistency` on every gateway at
+   the end;
    (--duration is miop-bench's -d, the whole run: it must cover the ramp,
    --outage-after, the outage and the convergence);
 6. tears everything down by PID, also on Ctrl-C, and writes
@@ -137,7 +139,8 @@ def wait_ready(proc, what, limit=30):
 
 def start_redis(port):
     p = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                          "--save", "", "--appendonly", "no", "--maxclients", "20000"],
+                          "--save", "", "--appendonly", "no", "--maxclients", "20000",
+                          "--enable-debug-command", "local"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     started.append(p)
     end = time.time() + 10
@@ -147,6 +150,46 @@ def start_redis(port):
             raise SystemExit("redis-server did not start")
         time.sleep(0.05)
     return p
+
+
+def redis_filled(port, gateways, sessions):
+    """A restarted Redis holds every session's entry, and the gateways' sets
+    every session, again (one KEYS in a script, and one SCARD per gateway)."""
+    def cli(*args):
+        return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True,
+                              text=True, timeout=30).stdout.strip()
+    try:
+        entries = int(cli("EVAL", "return #redis.call('KEYS', 'miop:dev:*')", "0"))
+        members = sum(int(cli("SCARD", f"miop:node:{{c1m-{i}}}:devices") or 0)
+                      for i in range(gateways))
+    except (ValueError, subprocess.TimeoutExpired):
+        return False
+    return entries == sessions and members == sessions
+
+
+class SlowRedis(threading.Thread):
+    """Keeps Redis slow but answering, as a loaded one is: blocks it with
+    DEBUG SLEEP `busy` seconds, lets it serve `gap` seconds, again, until
+    stopped (--slow-redis)."""
+
+    def __init__(self, port, busy, gap):
+        super().__init__(daemon=True)
+        self.port, self.busy, self.gap = port, busy, gap
+        self.stop = threading.Event()
+        self.blocks = 0
+
+    def run(self):
+        arg = f"{self.busy:.3f}"
+        cmd = f"*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n${len(arg)}\r\n{arg}\r\n".encode()
+        with socket.create_connection(("127.0.0.1", self.port)) as s:
+            f = s.makefile("rb")
+            while not self.stop.is_set():
+                s.sendall(cmd)
+                if f.readline().strip() != b"+OK":
+                    log("DEBUG SLEEP refused; --slow-redis has no effect")
+                    return
+                self.blocks += 1
+                self.stop.wait(self.gap)
 
 
 def proc_stat(pid):
@@ -245,11 +288,12 @@ def consistency(admin_ports):
 
 
 def synced(admin_ports):
-    """Every gateway sees Redis up with nothing pending (cheap: /healthz)."""
+    """Every gateway sees Redis up with nothing pending and no reconciliation
+    running (cheap: /healthz; gateways older than `reconciling` omit it)."""
     for port in admin_ports:
         h = http_get(port, "/healthz", timeout=5)
         p = (h or {}).get("presence", {})
-        if p.get("redis") != "up" or p.get("pending", 1) != 0:
+        if p.get("redis") != "up" or p.get("pending", 1) != 0 or p.get("reconciling", False):
             return False
     return True
 
@@ -330,6 +374,10 @@ def main():
                     help="kill Redis for this many seconds during the hold")
     ap.add_argument("--outage-after", type=float, default=20,
                     help="seconds into the hold at which Redis is killed")
+    ap.add_argument("--slow-redis", default=None, metavar="BUSY/GAP",
+                    help="after the outage, keep Redis slow until presence is consistent: "
+                         "DEBUG SLEEP BUSY seconds every BUSY+GAP (e.g. 2.3/0.4, past the "
+                         "gateways' 2 s command timeout)")
     ap.add_argument("--out", default="target/c1m")
     ap.add_argument("--bin", default="target/release")
     a = ap.parse_args()
@@ -427,18 +475,47 @@ def main():
             redis = start_redis(redis_port)
             groups["redis"] = lambda: [redis.pid]
             t_back = time.time()
-            log("Redis back; waiting for every gateway to have written its presence")
-            while time.time() - t_back < 300 and bench.poll() is None:
+            slow = None
+            if a.slow_redis:
+                busy, gap = (float(x) for x in a.slow_redis.split("/"))
+                slow = SlowRedis(redis_port, busy, gap)
+                slow.start()
+                log(f"keeping Redis slow: DEBUG SLEEP {busy} s every {busy + gap} s")
+            t_filled = None
+            if slow:
+                # /v1/consistency reads in many rounds, which the blocks time
+                # out: while Redis is slow, watch Redis itself fill up again.
+                log("Redis back; waiting for every session's entry to be back in Redis")
+                while time.time() - t_back < 300 and bench.poll() is None:
+                    if redis_filled(redis_port, len(ports), a.sessions):
+                        t_filled = time.time()
+                        break
+                    time.sleep(1)
+                slow.stop.set()
+                slow.join()
+                outage["slow_redis"] = {"busy_gap_s": a.slow_redis, "blocks": slow.blocks,
+                                        "filled_after_s": round(t_filled - t_back, 1)
+                                        if t_filled else None}
+                log(f"Redis no longer slowed; filled after {outage['slow_redis']['filled_after_s']} s")
+            log("Redis back; waiting for every gateway's presence to be consistent")
+            # Until /v1/consistency agrees on every gateway (at most 300 s): a
+            # gateway can look synced (nothing pending) before its
+            # reconciliation has found what Redis lost.
+            c, t_synced, t_consistent, full_checks = None, None, None, 0
+            while time.time() - t_back < 300 + (300 if slow else 0) and bench.poll() is None:
                 if synced(admin_ports):
-                    break
+                    t_synced = t_synced or time.time()
+                    c = consistency(admin_ports)
+                    full_checks += 1
+                    if consistent(c, a.sessions):
+                        t_consistent = time.time()
+                        break
                 time.sleep(0.5)
-            t_synced = time.time()
-            c = consistency(admin_ports)
             outage.update({"sessions_before": before, "killed_for_s": round(t_back - t_kill, 1),
-                           "synced_after_s": round(t_synced - t_back, 1),
-                           "consistent_after_s": round(time.time() - t_back, 1)
-                           if consistent(c, a.sessions) else None,
-                           "full_check_took_s": round(time.time() - t_synced, 1),
+                           "synced_after_s": round(t_synced - t_back, 1) if t_synced else None,
+                           "consistent_after_s": round(t_consistent - t_back, 1)
+                           if t_consistent else None,
+                           "full_checks": full_checks,
                            "sessions_after": sampler.sessions, "consistency": c})
             log(f"outage: {outage}")
         if redis:

@@ -6,7 +6,8 @@
 # slab and sessions every second, and tears it all down by PID (Ctrl-C too).
 #
 #   benches/c1m.sh [SESSIONS] [--duration 12m] [--io uring|epoll] [--no-redis]
-#                  [--push-rate 1/s --push-count 5] [--redis-outage 30] [--connect-rate 40k/s]
+#                  [--push-rate 1/s --push-count 5] [--redis-outage 30 [--slow-redis 2.3/0.4]]
+#                  [--connect-rate 40k/s]
 #
 # Writes target/c1m/{c1m.json,gateways.html,run.json,run.html,summary.txt}.
 set -euo pipefail
