@@ -88,6 +88,21 @@ impl Engine {
     /// session deciding it: the session goes offline and the socket is shut
     /// down at once (nothing more can be delivered).
     pub fn on_transport_end(&mut self, now: Now, key: ConnKey, why: TransportEnd) {
+        self.end_transport(now, key, why, false);
+    }
+
+    /// Ends the session for a transport reason. `goodbye`: the connection's
+    /// transport layer still has bytes of its own to write (a TLS alert, an
+    /// HTTP error, a WebSocket Close reply): the session's queued frames are
+    /// dropped and the socket is shut down once those are written, instead
+    /// of at once.
+    pub(super) fn end_transport(
+        &mut self,
+        now: Now,
+        key: ConnKey,
+        why: TransportEnd,
+        goodbye: bool,
+    ) {
         let mut actions = std::mem::take(&mut self.scratch);
         let Some(c) = self.conns.get_mut(key.index()) else {
             return;
@@ -106,9 +121,18 @@ impl Engine {
             session_id: c.session.session_id(),
         };
         c.session.handle_transport_closed(&mut actions);
+        if goodbye {
+            if let Some(a) = c.active.as_mut() {
+                a.outbound.clear_queued();
+            }
+        }
         self.apply(now, at, &mut actions);
         self.scratch = actions;
-        self.shutdown(key);
+        if goodbye {
+            self.begin_close(now, key);
+        } else {
+            self.shutdown(key);
+        }
     }
 
     /// The driver closed the socket of a connection it was told to shut down,

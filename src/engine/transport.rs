@@ -3,7 +3,7 @@
 //! in (here) and on the way out (`outflow.rs`).
 
 use super::conn::{ADMITTED, SHUT};
-use super::{ConnKey, Engine, Now, SessionRef};
+use super::{ConnKey, Engine, Now, SessionRef, TransportEnd};
 use crate::transport::WireFailure;
 
 /// The unwrap buffer is kept between reads up to this size (a large TLS
@@ -60,7 +60,9 @@ impl Engine {
                     self.on_miop_bytes(now, key, &plain);
                 }
                 if read.peer_closed {
-                    self.transport_goodbye(now, key);
+                    // Like EOF, but the wire's reply (WebSocket Close)
+                    // goes out first.
+                    self.end_transport(now, key, TransportEnd::PeerClosed, true);
                 }
             }
         }
@@ -75,37 +77,6 @@ impl Engine {
     /// are written, then the socket is shut down.
     pub(super) fn transport_failed(&mut self, now: Now, key: ConnKey, f: WireFailure) {
         self.stats.transport_failure(f);
-        self.end_with_transport_bytes(now, key);
-    }
-
-    /// The peer said goodbye at the transport level (TLS close_notify,
-    /// WebSocket Close): like EOF, but the wire's reply goes out first.
-    fn transport_goodbye(&mut self, now: Now, key: ConnKey) {
-        self.end_with_transport_bytes(now, key);
-    }
-
-    fn end_with_transport_bytes(&mut self, now: Now, key: ConnKey) {
-        let mut actions = std::mem::take(&mut self.scratch);
-        let Some(c) = self.conns.get_mut(key.index()) else {
-            return;
-        };
-        if c.has(SHUT) {
-            return;
-        }
-        if !c.closing() {
-            self.stats.closed[super::stats::CLOSE_PEER] += 1;
-        }
-        let at = SessionRef {
-            key,
-            session_id: c.session.session_id(),
-        };
-        c.session.handle_transport_closed(&mut actions);
-        // Nothing more of the session's goes out.
-        if let Some(a) = c.active.as_mut() {
-            a.outbound.clear_queued();
-        }
-        self.apply(now, at, &mut actions);
-        self.scratch = actions;
-        self.begin_close(now, key);
+        self.end_transport(now, key, TransportEnd::PeerClosed, true);
     }
 }

@@ -4,60 +4,41 @@
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore};
+use rustls::ClientConnection;
 
 use super::*;
 use crate::protocol::{decode_buf, Push, FLAG_ACK_REQUIRED};
 use crate::transport::tls::{TlsFiles, TlsServer};
+use crate::transport::wire::test_pki::{localhost, Pki};
 use crate::transport::{ListenerKind, ListenerSpec, Transports};
 
-/// A CA and a server certificate for "localhost" it signed, as PEM files
-/// in a fresh directory.
+/// The integration tests' CA and a server certificate for localhost, as
+/// files for miopd's TLS configuration.
 pub struct TestPki {
-    pub dir: std::path::PathBuf,
-    pub ca_der: CertificateDer<'static>,
+    pki: Pki,
+    files: TlsFiles,
 }
 
 impl TestPki {
     pub fn new(tag: &str) -> TestPki {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-        let dir = std::env::temp_dir().join(format!("miop-pki-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+        let pki = Pki::new(tag);
+        let (cert, key, _) = pki.server("server");
         TestPki {
-            dir,
-            ca_der: ca.der().clone(),
+            pki,
+            files: TlsFiles {
+                cert,
+                key,
+                client_ca: None,
+            },
         }
     }
 
     pub fn files(&self) -> TlsFiles {
-        TlsFiles {
-            cert: self.dir.join("cert.pem"),
-            key: self.dir.join("key.pem"),
-            client_ca: None,
-        }
+        self.files.clone()
     }
 
     pub fn client(&self) -> ClientConnection {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.ca_der.clone()).unwrap();
-        let config =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap()).unwrap()
+        ClientConnection::new(self.pki.client_config(None), localhost()).unwrap()
     }
 }
 
