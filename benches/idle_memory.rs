@@ -20,7 +20,7 @@ use miop::client::fleet::{bind_fleet, connect_from, FleetSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
-use common::{free_port, metric, rss_bytes, Killed};
+use common::{free_port, metric, mqtt_connect, rss_bytes, Killed};
 
 async fn settle(pid: u32) -> u64 {
     // RSS right after a burst still moves a little; take it once stable.
@@ -85,16 +85,6 @@ async fn miopd(n: usize, io: &str) -> (u64, u64, f64) {
     let after = settle(gw.0.id()).await;
     drop(clients);
     (before, after, bind_secs)
-}
-
-/// A minimal MQTT 3.1.1 CONNECT (clean session, keep-alive 600 s).
-fn mqtt_connect(client_id: &str) -> Vec<u8> {
-    let mut var = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0x02, 0x58];
-    var.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
-    var.extend_from_slice(client_id.as_bytes());
-    let mut pkt = vec![0x10, var.len() as u8];
-    pkt.extend(var);
-    pkt
 }
 
 async fn mosquitto(n: usize) -> Option<(u64, u64)> {

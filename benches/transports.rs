@@ -64,7 +64,7 @@ mod common;
 mod pki;
 
 use common::gateway_proc::GatewayProc;
-use common::{cpu_secs, free_port, metric, settle_rss, Killed};
+use common::{cpu_secs, free_port, metric, mqtt_connect, settle_rss, Killed};
 
 const APP_KEY: &str = "pk";
 
@@ -210,17 +210,6 @@ fn bind_frame(device: &str) -> Vec<u8> {
     .to_bytes()
     .expect("encode Bind")
     .to_vec()
-}
-
-/// A minimal MQTT 3.1.1 CONNECT (clean session, keep-alive 600 s), as in
-/// benches/idle_memory.rs.
-fn mqtt_connect(client_id: &str) -> Vec<u8> {
-    let mut var = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0x02, 0x58];
-    var.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
-    var.extend_from_slice(client_id.as_bytes());
-    let mut pkt = vec![0x10, var.len() as u8];
-    pkt.extend(var);
-    pkt
 }
 
 fn expect_bind_ack(buf: &mut BytesMut) -> io::Result<Option<()>> {

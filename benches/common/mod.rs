@@ -98,3 +98,15 @@ pub fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// A minimal MQTT 3.1.1 CONNECT (clean session, keep-alive 600 s): the
+/// peer's half of a bind in the Mosquitto comparisons.
+#[allow(dead_code)]
+pub fn mqtt_connect(client_id: &str) -> Vec<u8> {
+    let mut var = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0x02, 0x58];
+    var.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    var.extend_from_slice(client_id.as_bytes());
+    let mut pkt = vec![0x10, var.len() as u8];
+    pkt.extend(var);
+    pkt
+}

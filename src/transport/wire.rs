@@ -301,7 +301,7 @@ impl Wire {
 /// The integration tests' certificates (a CA, server and client leaves).
 #[cfg(test)]
 #[path = "../../tests/common/pki.rs"]
-mod test_pki;
+pub(crate) mod test_pki;
 
 #[cfg(test)]
 #[path = "wire_tests.rs"]
