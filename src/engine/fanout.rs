@@ -110,7 +110,7 @@ impl Engine {
                     if done {
                         self.intents.push_back(Intent::PushDone {
                             tag: job.tag,
-                            outcome: *outcome,
+                            outcome: std::mem::take(outcome),
                         });
                     }
                     done
@@ -151,17 +151,20 @@ impl Engine {
         outcome: &mut PushOutcome,
     ) {
         let max = self.cfg.session.max_outbound_bytes;
-        let Some(c) = self.conns.get_mut(key.index()) else {
-            outcome.gone += session_id.is_some() as u64;
-            return;
+        let gone = |outcome: &mut PushOutcome| {
+            if let Some(session_id) = session_id {
+                outcome.gone += 1;
+                outcome.gone_sessions.push(SessionRef { key, session_id });
+            }
         };
-        if session_id.is_some_and(|sid| !c.is(sid)) {
-            outcome.gone += 1;
-            return;
-        }
-        if c.session.state() != SessionState::Bound || c.has(SHUT) {
-            outcome.gone += session_id.is_some() as u64;
-            return;
+        let Some(c) = self.conns.get_mut(key.index()) else {
+            return gone(outcome);
+        };
+        if session_id.is_some_and(|sid| !c.is(sid))
+            || c.session.state() != SessionState::Bound
+            || c.has(SHUT)
+        {
+            return gone(outcome);
         }
         let at = SessionRef {
             key,

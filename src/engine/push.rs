@@ -36,12 +36,16 @@ pub struct PushJob {
 }
 
 /// What one core did with a push.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PushOutcome {
     /// Queued to a bound session's socket.
     pub delivered: u64,
     /// Targets that were gone or closing by the time the core got the push.
     pub gone: u64,
+    /// Of those, the sessions a push to named devices targeted: the caller
+    /// still owes their devices the message (keep it offline, or find where
+    /// they bound again), so it must know which.
+    pub gone_sessions: Vec<SessionRef>,
 }
 
 /// A pushed message a session did not acknowledge (yet).

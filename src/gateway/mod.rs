@@ -42,7 +42,7 @@ pub use crate::driver::listener::somaxconn;
 pub use crate::driver::RateLimitedLog;
 use crate::driver::{CoreParams, Io};
 pub use crate::engine::UnackedHandoff;
-use crate::engine::{EngineConfig, PushJob, PushTargets};
+use crate::engine::{EngineConfig, PushJob, PushTargets, SessionRef};
 use crate::metrics as m;
 use crate::protocol::{Body, CloseReason, Frame, Push, FLAG_ACK_REQUIRED};
 use crate::session::SessionInfo;
@@ -409,13 +409,19 @@ impl Gateway {
             not_here: Vec::new(),
         };
         let n = self.cores.len();
+        // Per core, the devices of its targets (a push to named devices),
+        // to name those whose session ended before the core got the push.
+        let mut names: Vec<Vec<(SessionRef, &String)>> = vec![Vec::new(); n];
         let per_core: Vec<PushTargets> = match to {
             PushTo::Devices(devices) => {
                 let mut lists = vec![Vec::new(); n];
                 let st = self.sync();
                 for d in devices {
                     match st.index.get(d) {
-                        Some(l) => lists[l.core as usize].push(l.at()),
+                        Some(l) => {
+                            lists[l.core as usize].push(l.at());
+                            names[l.core as usize].push((l.at(), d));
+                        }
                         None => {
                             out.report.unknown += 1;
                             out.not_here.push(d.clone());
@@ -445,14 +451,23 @@ impl Gateway {
                 keep_until_ms: keep_until_ms.filter(|_| ack),
             };
             if self.cores[core].send(Command::Push { job, reply }).is_ok() {
-                replies.push(rx);
+                replies.push((core, rx));
             }
         }
-        for rx in replies {
+        for (core, rx) in replies {
             match tokio::time::timeout(Duration::from_secs(10), rx).await {
                 Ok(Ok(o)) => {
                     out.report.delivered += o.delivered;
-                    out.report.unknown += o.gone;
+                    out.report.unknown += o.gone - o.gone_sessions.len() as u64;
+                    // Ended between the lookup and the push: not here any
+                    // more, so the caller looks for them like any device not
+                    // held here (bound again elsewhere, or kept offline).
+                    for gone in &o.gone_sessions {
+                        out.report.unknown += 1;
+                        if let Some((_, d)) = names[core].iter().find(|(at, _)| at == gone) {
+                            out.not_here.push((*d).clone());
+                        }
+                    }
                 }
                 _ => return Err("a core did not answer in time".into()),
             }

@@ -16,14 +16,14 @@ fn fan_out_reaches_devices_topics_and_everyone_bound() {
         r.push(PushTargets::Topic("news".into()), 1, None),
         PushOutcome {
             delivered: 2,
-            gone: 0
+            ..PushOutcome::default()
         }
     );
     assert_eq!(
         r.push(PushTargets::All, 2, None),
         PushOutcome {
             delivered: 3,
-            gone: 0
+            ..PushOutcome::default()
         }
     );
     let stale = SessionRef {
@@ -34,7 +34,8 @@ fn fan_out_reaches_devices_topics_and_everyone_bound() {
         r.push(PushTargets::Sessions(vec![c, stale]), 3, None),
         PushOutcome {
             delivered: 1,
-            gone: 1
+            gone: 1,
+            gone_sessions: vec![stale],
         }
     );
     assert_eq!(r.pushes(a.key), vec![1, 2]);
@@ -128,7 +129,7 @@ fn a_broadcast_yields_and_pings_on_the_core_keep_flowing() {
         done,
         Some(PushOutcome {
             delivered: 5000,
-            gone: 0
+            ..PushOutcome::default()
         })
     );
 }
