@@ -21,7 +21,19 @@ What it takes to hold a million Miop sessions on one host, done for you:
    (--duration is miop-bench's -d, the whole run: it must cover the ramp,
    --outage-after, the outage and the convergence);
 6. tears everything down by PID, also on Ctrl-C, and writes
-   target/c1m/{c1m.json, gateways.html, run.json, run.html, summary.txt}.
+   target/c1m/{c1m.json, gateways.html, ramp.svg, run.json, run.html,
+   summary.txt}.
+
+`--steps 100k,200k,600k,1M --step-duration 60s` runs miop-bench's concurrency
+scenario (the seed's table: ramp to each step, hold it) and adds to each step
+the gateways' CPU and RSS and the kernel's slab sampled during its hold.
+
+`--server mosquitto` measures the peer with the same command: as many
+Mosquitto processes as the fd limit requires, the first the hub and every
+other bridged to it for the broadcast topic (`topic miop-bench/all in 1`: a
+message published to the hub reaches every broker's subscribers, as a push
+through Redis reaches every gateway's sessions), and miop-bench on
+`mqtt://` with the same connections, heartbeat and broadcast.
 
 Python rather than bash: the per-second sampler, the teardown on signals and
 the JSON/HTML output are each a few lines here.
@@ -111,10 +123,63 @@ def ensure_sysctls():
     return report
 
 
+def parse_count(text):
+    """100k, 1M, 250000 (miop-bench's -c suffixes)."""
+    t = text.strip().lower()
+    mult = {"k": 1_000, "m": 1_000_000}.get(t[-1:], 1)
+    return int(float(t[:-1] if mult > 1 else t) * mult)
+
+
+def run_in_netns(a):
+    """Runs this script again inside a network namespace of its own whose
+    TCP established-connection hash is sized for the run, then deletes it.
+
+    The host's hash is sized at boot (262,144 buckets on this box): with the
+    ~2 sockets per session of a loopback run, 1M sessions make chains of ~8
+    that every received segment walks (`__inet_lookup_established` was the
+    top kernel symbol at 1M). `net.ipv4.tcp_child_ehash_entries` sizes the
+    hash of namespaces created after it is set (Linux 6.1+): it is set for
+    the creation only and put back. Everything (gateways, Redis, load
+    generator) runs inside, on the namespace's own loopback."""
+    entries = 1 << max(16, math.ceil(math.log2(max(1, 4 * a.sessions))))
+    entries = min(entries, 1 << 24)
+    name = f"c1m-{os.getpid()}"
+    knob = "net.ipv4.tcp_child_ehash_entries"
+    try:
+        old = " ".join(read_sysctl(knob))
+    except OSError:
+        raise SystemExit(f"--netns: this kernel has no {knob} (Linux 6.1+)")
+    with open(sysctl_path(knob), "w") as f:
+        f.write(str(entries))
+    try:
+        subprocess.run(["ip", "netns", "add", name], check=True)
+    finally:
+        with open(sysctl_path(knob), "w") as f:
+            f.write(old)
+    try:
+        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
+        log(f"network namespace {name}: TCP established hash of {entries:,} buckets")
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the child tears down, then we delete
+        env = dict(os.environ, C1M_NETNS=name, C1M_EHASH=str(entries))
+        return subprocess.run(["ip", "netns", "exec", name, sys.executable,
+                               os.path.abspath(__file__), *sys.argv[1:]], env=env).returncode
+    finally:
+        subprocess.run(["ip", "netns", "del", name])
+
+
+_handed_out = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, never the same twice in a run (the kernel
+    may give a just-closed probe port again)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def http_get(port, path, timeout=5):
@@ -219,6 +284,16 @@ def descendants(root):
     return out
 
 
+def cpu_times():
+    """The machine's CPU time by kind, in ticks (/proc/stat's first line):
+    softirq is where loopback TCP's receive work lands when no process is
+    charged for it, steal what the hypervisor took."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return {"user": v[0] + v[1], "system": v[2], "idle": v[3] + v[4], "softirq": v[5] + v[6],
+            "steal": v[7]}
+
+
 def meminfo():
     out = {}
     with open("/proc/meminfo") as f:
@@ -243,6 +318,7 @@ class Sampler(threading.Thread):
         t0 = time.time()
         last = {}
         pids_cache, pids_at = {}, 0
+        cpu_prev = (time.time(), cpu_times())
         while not self.stop.wait(1.0):
             now = time.time()
             if now - pids_at > 5:
@@ -262,15 +338,30 @@ class Sampler(threading.Thread):
                 if prev and now > prev[0]:
                     cpu = max(0.0, (ticks - prev[1]) / CLK_TCK / (now - prev[0]))
                 sample[g] = {"cpu": round(cpu, 3), "rss": rss}
+            ct = cpu_times()
+            dt = max(1e-3, now - cpu_prev[0])
+            sample["machine_cpu"] = {k: round((ct[k] - cpu_prev[1][k]) / CLK_TCK / dt, 3)
+                                     for k in ct}
+            cpu_prev = (now, ct)
             mi = meminfo()
             sample["slab"] = mi.get("Slab", 0)
             sample["mem_used"] = mi["MemTotal"] - mi["MemAvailable"]
-            total = 0
+            total, pending, reconciling, up, answered = 0, 0, 0, 0, 0
             for port in self.admin_ports:
-                h = http_get(port, "/healthz", timeout=2)
-                total += (h or {}).get("sessions", 0)
+                h = http_get(port, "/healthz", timeout=2) or {}
+                total += h.get("sessions", 0)
+                p = h.get("presence") or {}
+                answered += bool(h)
+                pending += p.get("pending", 0)
+                reconciling += bool(p.get("reconciling"))
+                up += p.get("redis") == "up"
             self.sessions = total
             sample["sessions"] = total
+            if self.admin_ports:
+                # Presence as the gateways see it: changes not yet in Redis,
+                # gateways still reconciling, gateways that see Redis up.
+                sample["presence"] = {"pending": pending, "reconciling": reconciling,
+                                      "redis_up": up, "answered": answered}
             self.samples.append(sample)
 
 
@@ -303,12 +394,22 @@ def consistent(c, n):
         and c["local_sessions"] == n
 
 
-def svg_chart(title, unit, series, width=900, height=220):
+def human(v):
+    """1.5M, 250k, 12.5, 0.25: axis labels that fit."""
+    a = abs(v)
+    if a >= 1e6:
+        return f"{v / 1e6:.3g}M"
+    if a >= 1e4:
+        return f"{v / 1e3:.3g}k"
+    return f"{v:,.3g}"
+
+
+def svg_chart(title, unit, series, width=900, height=220, tmax=None):
     """A self-contained SVG line chart of {name: [(t, v)]}."""
     pts = [p for s in series.values() for p in s]
     if not pts:
         return ""
-    tmax = max(t for t, _ in pts) or 1
+    tmax = tmax or max(t for t, _ in pts) or 1
     vmax = max(v for _, v in pts) or 1
     colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
     left, bottom = 70, 30
@@ -320,13 +421,14 @@ def svg_chart(title, unit, series, width=900, height=220):
         v = vmax * i / 4
         y = 20 + h - h * i / 4
         out.append(f'<line x1="{left}" x2="{left + w}" y1="{y}" y2="{y}" stroke="#ddd"/>')
-        out.append(f'<text x="{left - 4}" y="{y + 4}" text-anchor="end">{v:,.3g} {unit}</text>')
+        out.append(f'<text x="{left - 4}" y="{y + 4}" text-anchor="end">{human(v)} {unit}</text>')
     for i in range(6):
         t = tmax * i / 5
         x = left + w * i / 5
         out.append(f'<text x="{x}" y="{20 + h + 16}" text-anchor="middle">{t:.0f} s</text>')
     for k, (name, s) in enumerate(series.items()):
         c = colors[k % len(colors)]
+        s = [(t, v) for t, v in s if t <= tmax]
         path = " ".join(f"{left + w * t / tmax:.1f},{20 + h - h * v / vmax:.1f}" for t, v in s)
         out.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{path}"/>')
         out.append(f'<text x="{left + w - 150}" y="{34 + 14 * k}" fill="{c}">{name}</text>')
@@ -340,10 +442,17 @@ def write_html(path, result):
     charts = [
         svg_chart("Bound sessions", "", {"sessions": [(x["t"], x["sessions"]) for x in s]}),
         svg_chart("CPU (cores)", "", {g: [(x["t"], x[g]["cpu"]) for x in s] for g in groups}),
+        svg_chart("Machine CPU by kind (cores)", "", {k: [(x["t"], x["machine_cpu"][k]) for x in s]
+                                           for k in ("user", "system", "softirq", "idle")
+                                           if s and "machine_cpu" in s[0]}),
         svg_chart("RSS (GB)", "GB", {g: [(x["t"], x[g]["rss"] / 1e9) for x in s] for g in groups}),
         svg_chart("Kernel memory (GB)", "GB", {
             "slab": [(x["t"], x["slab"] / 1e9) for x in s],
             "memory in use": [(x["t"], x["mem_used"] / 1e9) for x in s]}),
+        svg_chart("Presence changes not yet in Redis (all gateways)", "", {
+            "pending": [(x["t"], x["presence"]["pending"]) for x in s if "presence" in x]}),
+        svg_chart("Gateways reconciling with Redis", "", {
+            "reconciling": [(x["t"], x["presence"]["reconciling"]) for x in s if "presence" in x]}),
     ]
     summary = json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2)
     with open(path, "w") as f:
@@ -354,6 +463,122 @@ def write_html(path, result):
                 "report (latency, binds per second) is <a href='run.html'>run.html</a>.</p>"
                 + "".join(f"<div>{c}</div>" for c in charts)
                 + f"<h2>Summary</h2><pre>{summary}</pre></body>")
+
+
+MQTT_TOPIC = "miop-bench/all"  # miop-bench's --push-to all on mqtt://
+
+
+def start_mosquitto(i, port, hub_port, out):
+    """Broker i on `port`; every broker but the hub bridges the broadcast
+    topic in from the hub. Mosquitto prints nothing when ready: wait for the
+    port to accept."""
+    conf = [f"listener {port} 127.0.0.1", "allow_anonymous true", "persistence false",
+            "log_dest stderr", "log_type error", "log_type warning", "max_keepalive 65535",
+            "set_tcp_nodelay true"]
+    if hub_port:
+        conf += [f"connection c1m-bridge-{i}", f"address 127.0.0.1:{hub_port}",
+                 f"topic {MQTT_TOPIC} in 1", "cleansession true", "try_private false",
+                 "notifications false", "bridge_protocol_version mqttv311"]
+    path = f"{out}/mosquitto-{i}.conf"
+    with open(path, "w") as f:
+        f.write("\n".join(conf) + "\n")
+    p = subprocess.Popen(["mosquitto", "-c", path], stdout=subprocess.DEVNULL,
+                         stderr=open(f"{out}/mosquitto-{i}.log", "w"))
+    started.append(p)
+    return p
+
+
+def wait_port(port, what, limit=30):
+    end = time.time() + limit
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{what} did not start listening on {port}")
+
+
+def step_figures(steps, samples):
+    """Each concurrency step with what the sampler saw during its hold:
+    gateways' mean CPU and peak RSS, the kernel's slab and memory in use."""
+    out = []
+    for st in steps:
+        lo = st.get("hold_started_s", 0)
+        hi = lo + st.get("held_s", 0)
+        win = [x for x in samples if lo <= x["t"] <= hi]
+        fig = {k: st.get(k) for k in ("target", "ramp_s", "held_s", "connected_min",
+                                      "errors", "timeouts")}
+        lat = dict(st.get("latency", {}))
+        if st.get("ramp_latency", {}).get("bind", {}).get("count"):
+            lat["bind"] = st["ramp_latency"]["bind"]
+        for m in ("ping", "bind"):
+            p = lat.get(m) or {}
+            fig[f"{m}_p50_us"], fig[f"{m}_p99_us"] = p.get("p50"), p.get("p99")
+        if win:
+            fig["gateways_cpu_cores"] = round(sum(x["gateways"]["cpu"] for x in win) / len(win), 2)
+            fig["gateways_rss_bytes"] = max(x["gateways"]["rss"] for x in win)
+            fig["bench_cpu_cores"] = round(sum(x["bench"]["cpu"] for x in win) / len(win), 2)
+            fig["slab_bytes"] = max(x["slab"] for x in win)
+            fig["machine_idle_cores"] = round(
+                sum(x["machine_cpu"]["idle"] for x in win) / len(win), 2)
+            fig["mem_used_bytes"] = max(x["mem_used"] for x in win)
+        out.append(fig)
+    return out
+
+
+def step_table(figs):
+    """The steps as a Markdown table (printed, and pasted into BENCHMARKS.md)."""
+    us = lambda v: "–" if v is None else (
+        f"{v / 1e6:.2f} s" if v >= 1e6 else f"{v / 1000:.1f} ms" if v >= 1000 else f"{v} µs")
+    gb = lambda v: "–" if v is None else f"{v / 1e9:.2f} GB"
+    rows = ["| step | ramp | bind p50 / p99 | ping p50 / p99 | errors, timeouts "
+            "| gateways CPU, RSS | load gen CPU | slab, memory in use |",
+            "|---:|---:|---|---|---|---|---|---|"]
+    for f in figs:
+        rows.append(
+            f"| {f['target']:,} | {f['ramp_s'] or 0:.1f} s | {us(f['bind_p50_us'])} / {us(f['bind_p99_us'])} "
+            f"| {us(f['ping_p50_us'])} / {us(f['ping_p99_us'])} | {f['errors']}, {f['timeouts']} "
+            f"| {f.get('gateways_cpu_cores', '–')} cores, {gb(f.get('gateways_rss_bytes'))} "
+            f"| {f.get('bench_cpu_cores', '–')} cores "
+            f"| {gb(f.get('slab_bytes'))}, {gb(f.get('mem_used_bytes'))} |")
+    return "\n".join(rows)
+
+
+def ramp_svg(result, timeline):
+    """One picture of the run: bound sessions and binds per second, the
+    per-second ping p99, CPU and kernel memory, on one time axis (the
+    load generator's timeline and the sampler's, both from the start)."""
+    s = result["samples"]
+    tmax = max((p["t"] for p in timeline), default=0) or None
+    title = (f"{result['params']['server']} ({result['params']['io']}), "
+             f"{result['params']['sessions']:,} sessions, {result['params']['commit']}")
+    charts = [
+        svg_chart(f"Bound sessions: {title}", "", tmax=tmax, series={
+            "bound (load generator)": [(p["t"], p["connected"]) for p in timeline]}),
+        svg_chart("Binds per second", "/s", tmax=tmax, series={
+            "binds/s": [(p["t"], p["binds_per_s"]) for p in timeline]}),
+        svg_chart("Per-second ping p99", "ms", tmax=tmax, series={
+            "ping p99": [(p["t"], p["latency"].get("ping", {}).get("p99", 0) / 1000)
+                         for p in timeline if p["latency"].get("ping", {}).get("count")]}),
+        svg_chart("CPU by process group (cores)", "", tmax=tmax, series={g: [(x["t"], x[g]["cpu"]) for x in s]
+                                      for g in ("gateways", "bench") if s and g in s[0]}),
+        svg_chart("Machine CPU by kind (cores)", "", tmax=tmax, series={k: [(x["t"], x["machine_cpu"][k]) for x in s]
+                                           for k in ("user", "system", "softirq", "idle")
+                                           if s and "machine_cpu" in s[0]}),
+        svg_chart("Kernel memory (GB)", "GB", tmax=tmax, series={
+            "slab": [(x["t"], x["slab"] / 1e9) for x in s],
+            "memory in use": [(x["t"], x["mem_used"] / 1e9) for x in s]}),
+    ]
+    charts = [c for c in charts if c]
+    height = sum(int(c.split('height="', 1)[1].split('"', 1)[0]) for c in charts)
+    body, y = [], 0
+    for c in charts:
+        body.append(f'<g transform="translate(0,{y})">' + c.replace(
+            '<svg ', '<svg x="0" y="0" ', 1) + "</g>")
+        y += int(c.split('height="', 1)[1].split('"', 1)[0])
+    return (f'<svg width="900" height="{height}" xmlns="http://www.w3.org/2000/svg">'
+            '<rect width="100%" height="100%" fill="white"/>' + "".join(body) + "</svg>")
 
 
 def main():
@@ -378,9 +603,28 @@ def main():
                     help="after the outage, keep Redis slow until presence is consistent: "
                          "DEBUG SLEEP BUSY seconds every BUSY+GAP (e.g. 2.3/0.4, past the "
                          "gateways' 2 s command timeout)")
+    ap.add_argument("--steps", default=None,
+                    help="concurrency scenario, e.g. 100k,200k,600k,1M (sessions = the last)")
+    ap.add_argument("--step-duration", default="60s", help="hold of each step")
+    ap.add_argument("--server", default="miopd", choices=["miopd", "mosquitto"],
+                    help="mosquitto: the same run against bridged Mosquitto brokers")
+    ap.add_argument("--netns", action=argparse.BooleanOptionalAction, default=False,
+                    help="run everything in a network namespace whose TCP connection hash "
+                         "is sized for the run (Linux 6.1+, root)")
     ap.add_argument("--out", default="target/c1m")
     ap.add_argument("--bin", default="target/release")
     a = ap.parse_args()
+    steps = None
+    if a.steps:
+        steps = [parse_count(x) for x in a.steps.split(",")]
+        a.sessions = max(steps)
+    if a.netns and not os.environ.get("C1M_NETNS"):
+        return run_in_netns(a)
+    mosquitto = a.server == "mosquitto"
+    if mosquitto:
+        a.no_redis = True
+        if a.redis_outage:
+            raise SystemExit("--redis-outage is a miopd run's (Mosquitto has no Redis)")
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -390,15 +634,18 @@ def main():
     per_gw = min(a.per_gateway, hard - 2000)
     n_gw = math.ceil(a.sessions / per_gw)
     sysctls = ensure_sysctls()
-    params = {"sessions": a.sessions, "gateways": n_gw, "per_gateway": per_gw,
+    params = {"server": a.server, "sessions": a.sessions, "steps": a.steps,
+              "step_duration": a.step_duration if steps else None, "gateways": n_gw, "per_gateway": per_gw,
               "cores_per_gateway": 1, "io": a.io, "heartbeat": a.heartbeat,
               "duration": a.duration, "redis": not a.no_redis,
               "fd_limit": hard, "connect_rate": a.connect_rate, "push_rate": a.push_rate,
               "redis_outage_s": a.redis_outage, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"],
                                        capture_output=True, text=True).stdout.strip(),
-              "cpus": os.cpu_count()}
-    log(f"{a.sessions:,} sessions: {n_gw} miopd x 1 core ({a.io}), "
+              "cpus": os.cpu_count(), "netns": os.environ.get("C1M_NETNS"),
+              "tcp_ehash_entries": int(os.environ.get("C1M_EHASH")
+                                       or read_sysctl("net.ipv4.tcp_ehash_entries")[0])}
+    log(f"{a.sessions:,} sessions: {n_gw} {a.server} x 1 core ({a.io}), "
         f"heartbeat {a.heartbeat}, duration {a.duration}, redis {not a.no_redis}")
 
     redis_port = None
@@ -408,7 +655,7 @@ def main():
         redis = start_redis(redis_port)
     ports, admin_ports, gws = [], [], []
     env = dict(os.environ, MIOP_IO=a.io, MIOP_LOG="warn")
-    for i in range(n_gw):
+    for i in range(n_gw if not mosquitto else 0):
         port, aport = free_port(), free_port()
         args = [f"{a.bin}/miopd", "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{aport}",
                 "--app-key", "pk", "--cores", "1", "--heartbeat", a.heartbeat,
@@ -424,18 +671,31 @@ def main():
         admin_ports.append(aport)
     for i, p in enumerate(gws):
         wait_ready(p, f"miopd {i}")
-    log(f"{n_gw} gateways ready")
+    if mosquitto:
+        for i in range(n_gw):
+            ports.append(free_port())
+            gws.append(start_mosquitto(i, ports[i], ports[0] if i else None, a.out))
+        for i, port in enumerate(ports):
+            wait_port(port, f"mosquitto {i}")
+    log(f"{n_gw} {a.server} processes ready")
 
-    bench_cmd = [f"{a.bin}/miop-bench", f"miop://c1m:pk@127.0.0.1:{ports[0]}/",
-                 "-c", str(a.sessions), "-d", a.duration, "--latency", "--timeout", a.timeout,
+    url = (f"mqtt://127.0.0.1:{ports[0]}/" if mosquitto
+           else f"miop://c1m:pk@127.0.0.1:{ports[0]}/")
+    bench_cmd = [f"{a.bin}/miop-bench", url, "-c", str(a.sessions), "-d", a.duration,
+                 "--ping-interval", a.heartbeat, "--latency", "--timeout", a.timeout,
                  "--json", f"{a.out}/run.json", "--report", f"{a.out}/run.html", "--progress", "5s"]
+    if steps:
+        bench_cmd += ["--scenario", "concurrency", "--steps", a.steps,
+                      "--step-duration", a.step_duration]
     if len(ports) > 1:
         bench_cmd += ["--target", ",".join(f"127.0.0.1:{p}" for p in ports[1:])]
     if a.threads:
         bench_cmd += ["-t", str(a.threads)]
     if a.connect_rate:
         bench_cmd += ["--connect-rate", a.connect_rate]
-    if a.push_rate:
+    if a.push_rate and mosquitto:
+        bench_cmd += ["--push-rate", a.push_rate, "--push-to", "all", "--qos", "1"]
+    elif a.push_rate:
         bench_cmd += ["--push-rate", a.push_rate, "--push-api", f"http://127.0.0.1:{admin_ports[0]}",
                       "--push-token", PUSH_TOKEN, "--push-to", "all"]
     if a.push_count:
@@ -532,7 +792,8 @@ def main():
             checks["consistency_checked_after_bound_s"] = round(time.time() - t0, 1)
             log(f"presence in Redis: {c}")
 
-    threading.Thread(target=monitor, daemon=True).start()
+    if not mosquitto:
+        threading.Thread(target=monitor, daemon=True).start()
 
     for line in bench.stdout:
         sys.stdout.write(line)
@@ -542,6 +803,7 @@ def main():
     sampler.join()
     result = {"params": params, "sysctls": sysctls, "bench_exit": bench.returncode,
               "outage": outage or None, "hold_checks": checks}
+    run = {}
     try:
         with open(f"{a.out}/run.json") as f:
             run = json.load(f)
@@ -549,6 +811,13 @@ def main():
     except (OSError, ValueError):
         result["bench"] = None
     s = sampler.samples
+    summary = (result["bench"] or {}).get("summary", {})
+    if steps and s:
+        result["steps"] = step_figures(summary.get("steps", []), s)
+    push = summary.get("latency", {}).get("push", {})
+    if push.get("count"):
+        result["fan_out"] = {"deliveries": push["count"], "p50_us": push.get("p50"),
+                             "last_us": push.get("max")}
     if s:
         peak = lambda g, k: max((x[g][k] for x in s if g in x), default=0)
         result["peak"] = {g: {"cpu_cores": peak(g, "cpu"), "rss_bytes": peak(g, "rss")}
@@ -556,17 +825,30 @@ def main():
         result["peak"]["slab_bytes"] = max(x["slab"] for x in s)
         result["peak"]["mem_used_bytes"] = max(x["mem_used"] for x in s)
         result["peak"]["sessions"] = max(x["sessions"] for x in s)
+        bound = summary.get("peak_connected") or 0
+        if bound:
+            # What each bound connection costs the servers' user space:
+            # their RSS growth from the first sample over the peak.
+            grown = result["peak"]["gateways"]["rss_bytes"] - s[0]["gateways"]["rss"]
+            result["peak"]["server_rss_per_session_bytes"] = round(grown / bound)
     result["samples"] = s
     teardown()
     with open(f"{a.out}/c1m.json", "w") as f:
         json.dump(result, f, indent=1)
     write_html(f"{a.out}/gateways.html", result)
+    if s and run.get("timeline"):
+        with open(f"{a.out}/ramp.svg", "w") as f:
+            f.write(ramp_svg(result, run["timeline"]))
     log(f"wrote {a.out}/c1m.json, gateways.html, run.json, run.html, summary.txt")
     if result.get("peak"):
         pk = result["peak"]
         log(f"peak: sessions {pk['sessions']:,}, gateways RSS {pk['gateways']['rss_bytes'] / 1e9:.2f} GB, "
             f"slab {pk['slab_bytes'] / 1e9:.2f} GB, memory in use {pk['mem_used_bytes'] / 1e9:.2f} GB")
     log(f"hold checks: {checks}")
+    if result.get("fan_out"):
+        log(f"fan-out: {result['fan_out']}")
+    if result.get("steps"):
+        print(step_table(result["steps"]))
     return bench.returncode
 
 

@@ -7,9 +7,10 @@
 #
 #   benches/c1m.sh [SESSIONS] [--duration 12m] [--io uring|epoll] [--no-redis]
 #                  [--push-rate 1/s --push-count 5] [--redis-outage 30 [--slow-redis 2.3/0.4]]
-#                  [--connect-rate 40k/s]
+#                  [--connect-rate 40k/s] [--steps 100k,200k,600k,1M --step-duration 60s]
+#                  [--server miopd|mosquitto] [--netns]
 #
-# Writes target/c1m/{c1m.json,gateways.html,run.json,run.html,summary.txt}.
+# Writes target/c1m/{c1m.json,gateways.html,ramp.svg,run.json,run.html,summary.txt}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bins >/dev/null

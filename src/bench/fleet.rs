@@ -77,11 +77,17 @@ impl LocalFleet {
 
     pub fn snapshot(&self) -> Snapshot {
         let mut snap = Snapshot::default();
+        self.snapshot_into(&mut snap);
+        snap
+    }
+
+    /// [`LocalFleet::snapshot`] into a snapshot kept across seconds.
+    pub fn snapshot_into(&self, snap: &mut Snapshot) {
+        snap.clear();
         for s in &self.stats {
             snap.counters.add(&s.counters());
-            snap.interval.add(&s.take_interval());
+            s.take_interval_into(&mut snap.interval);
         }
-        snap
     }
 
     /// Stops every thread (connections close cleanly) and returns the final
@@ -99,8 +105,9 @@ impl LocalFleet {
         }
         let mut counters = Counters::default();
         let mut total = Latencies::default();
+        let mut scratch = Latencies::default();
         for s in &self.stats {
-            let _ = s.take_interval();
+            s.take_interval_into(&mut scratch);
             counters.add(&s.counters());
             total.add(&s.total());
         }
@@ -163,19 +170,17 @@ impl ProcFleet {
                     let Ok(line) = line else { break };
                     let parsed: Result<WorkerLine, _> = serde_json::from_str(&line);
                     let mut st = state.lock().unwrap();
-                    match parsed.map_err(|e| e.to_string()).and_then(|l| {
-                        let h = Latencies::decode(&l.hists)?;
-                        Ok((l, h))
-                    }) {
-                        Ok((l, h)) => {
-                            st.counters = l.counters;
-                            if l.last {
-                                st.total = Some(h);
-                            } else {
-                                st.pending.add(&h);
-                            }
+                    let merged = parsed.map_err(|e| e.to_string()).and_then(|l| {
+                        st.counters = l.counters;
+                        if l.last {
+                            st.total = Some(Latencies::decode(&l.hists)?);
+                            Ok(())
+                        } else {
+                            st.pending.add_encoded(&l.hists)
                         }
-                        Err(e) => st.error = Some(format!("bad line from worker {i}: {e}")),
+                    });
+                    if let Err(e) = merged {
+                        st.error = Some(format!("bad line from worker {i}: {e}"));
                     }
                 }
             }));
@@ -286,11 +291,12 @@ pub fn run_worker(
     }
     let out = std::io::stdout();
     let mut next = Instant::now() + Duration::from_secs(1);
+    let mut snap = Snapshot::default();
     while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(20));
         if Instant::now() >= next {
             next += Duration::from_secs(1);
-            let snap = fleet.snapshot();
+            fleet.snapshot_into(&mut snap);
             let line = WorkerLine {
                 counters: snap.counters,
                 hists: snap.interval.encode(),

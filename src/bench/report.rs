@@ -35,12 +35,36 @@ pub struct TimelinePoint {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StepSummary {
     pub target: u64,
+    /// Seconds from the end of the previous step (or the start) until the
+    /// step was reached (or the ramp stalled for 10 s).
+    #[serde(default)]
+    pub ramp_s: f64,
+    /// Latencies of the ramp to the step: its binds and connects.
+    #[serde(default)]
+    pub ramp_latency: BTreeMap<String, Percentiles>,
+    /// When the hold began, seconds from the start of the run (to line the
+    /// step up with samples taken outside miop-bench).
+    #[serde(default)]
+    pub hold_started_s: f64,
     /// Lowest number of bound sessions seen while holding the step.
     pub connected_min: u64,
     pub held_s: f64,
     pub latency: BTreeMap<String, Percentiles>,
     pub errors: u64,
     pub timeouts: u64,
+}
+
+impl StepSummary {
+    /// A metric's percentiles for the step: binds are the ramp's (those that
+    /// reached the step; the hold's binds are only reconnects), everything
+    /// else the hold's.
+    pub fn percentiles(&self, metric: &str) -> Option<&Percentiles> {
+        let ramp = (metric == "bind")
+            .then(|| self.ramp_latency.get(metric))
+            .flatten()
+            .filter(|p| p.count > 0);
+        ramp.or_else(|| self.latency.get(metric))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -181,11 +205,12 @@ pub fn text(summary: &Summary, total: &Latencies, latency_distribution: bool) ->
     }
     for s in &summary.steps {
         let p = s.latency.get("ping").copied().unwrap_or_default();
-        let b = s.latency.get("bind").copied().unwrap_or_default();
+        let b = s.percentiles("bind").copied().unwrap_or_default();
         let _ = writeln!(
             o,
-            "  Step {:>8}: held {:>8} (min {}), ping p50 {} p99 {}, bind p50 {} p99 {}, errors {}, timeouts {}",
+            "  Step {:>8}: ramp {:>8}, held {:>8} (min {}), ping p50 {} p99 {}, bind p50 {} p99 {}, errors {}, timeouts {}",
             s.target,
+            fmt_duration_s(s.ramp_s),
             fmt_duration_s(s.held_s),
             s.connected_min,
             fmt_micros(p.p50 as f64),

@@ -1,6 +1,7 @@
 //! The main process of a run: plans, starts the fleet, schedules the scenario,
 //! prints a progress line every second, and writes the reports at the end.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use super::report::{
 };
 use super::script::Script;
 use super::server_memory::{self, ServerMemory};
-use super::stats::{Counters, Latencies, Metric, Snapshot};
+use super::stats::{Counters, Latencies, Metric, Percentiles, Snapshot};
 
 /// File descriptors a process keeps for itself besides connections.
 const FD_RESERVE: u64 = 128;
@@ -270,8 +271,13 @@ enum Step {
         since: Instant,
         best: u64,
         best_at: Instant,
+        /// The ramp's latencies: the binds that reach the step.
+        hist: Box<Latencies>,
     },
     Hold {
+        /// How long the ramp to this step took, and its latencies.
+        ramp_s: f64,
+        ramp_latency: BTreeMap<String, Percentiles>,
         since: Instant,
         min: u64,
         hist: Box<Latencies>,
@@ -346,6 +352,7 @@ async fn drive(
         since: start,
         best: 0,
         best_at: start,
+        hist: Box::default(),
     };
     let mut link_limit = None;
     let mut interrupted = None;
@@ -474,7 +481,9 @@ async fn drive(
                         since,
                         best,
                         best_at,
+                        hist: ramp_hist,
                     } => {
+                        ramp_hist.add(&snap.interval);
                         if c.connected > *best {
                             *best = c.connected;
                             *best_at = now;
@@ -485,6 +494,8 @@ async fn drive(
                             && now.duration_since(*since) >= Duration::from_secs(10);
                         if c.connected >= target || stalled {
                             step = Step::Hold {
+                                ramp_s: now.duration_since(*since).as_secs_f64(),
+                                ramp_latency: percentiles_by_name(ramp_hist),
                                 since: now,
                                 min: c.connected,
                                 hist: Box::default(),
@@ -494,6 +505,8 @@ async fn drive(
                         }
                     }
                     Step::Hold {
+                        ramp_s,
+                        ramp_latency,
                         since,
                         min,
                         hist,
@@ -506,6 +519,9 @@ async fn drive(
                         if held >= plan.step_duration {
                             steps.push(StepSummary {
                                 target,
+                                ramp_s: *ramp_s,
+                                ramp_latency: std::mem::take(ramp_latency),
+                                hold_started_s: since.duration_since(start).as_secs_f64(),
                                 connected_min: *min,
                                 held_s: held.as_secs_f64(),
                                 latency: percentiles_by_name(hist),
@@ -521,6 +537,7 @@ async fn drive(
                                 since: now,
                                 best: c.connected,
                                 best_at: now,
+                                hist: Box::default(),
                             };
                         }
                     }

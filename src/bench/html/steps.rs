@@ -21,7 +21,7 @@ pub(super) fn section(o: &mut String, steps: &[StepSummary]) {
          <th>Errors</th><th>Timeouts</th></tr></thead><tbody>\n",
     );
     let q = |s: &StepSummary, metric: &str, f: fn(&Percentiles) -> u64| -> String {
-        match s.latency.get(metric) {
+        match s.percentiles(metric) {
             Some(p) if p.count > 0 => fmt_us(f(p) as f64),
             _ => "–".to_owned(),
         }

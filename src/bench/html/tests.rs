@@ -92,6 +92,9 @@ fn sample_report() -> Report {
     }
     let step = |target: u64, ping: (u64, u64), bind: (u64, u64), errors: u64| StepSummary {
         target,
+        ramp_s: 10.0,
+        ramp_latency: BTreeMap::new(),
+        hold_started_s: 0.0,
         connected_min: target - target / 100,
         held_s: 30.0,
         latency: [
@@ -365,6 +368,9 @@ fn huge_and_odd_values_stay_finite() {
     }
     r.summary.steps.push(StepSummary {
         target: 1_000_000_000,
+        ramp_s: f64::INFINITY,
+        ramp_latency: BTreeMap::new(),
+        hold_started_s: f64::NAN,
         connected_min: 0,
         held_s: f64::INFINITY,
         latency: [("ping".to_owned(), pct(1, 1, 1_000_000_000))]
