@@ -381,4 +381,29 @@ mod tests {
         let p = percentiles_by_name(&l)["ping"];
         assert_eq!((p.count, p.p50, p.p99, p.max), (1000, 500, 990, 1000));
     }
+
+    #[test]
+    fn a_steps_bind_latency_is_its_ramps_and_its_ping_latency_its_holds() {
+        let pct = |p50| Percentiles {
+            count: 10,
+            p50,
+            ..Percentiles::default()
+        };
+        let mut step = StepSummary {
+            target: 100,
+            ramp_s: 1.0,
+            ramp_latency: [("bind".to_owned(), pct(7)), ("ping".to_owned(), pct(8))].into(),
+            hold_started_s: 1.0,
+            connected_min: 100,
+            held_s: 5.0,
+            latency: [("bind".to_owned(), pct(1)), ("ping".to_owned(), pct(2))].into(),
+            errors: 0,
+            timeouts: 0,
+        };
+        assert_eq!(step.percentiles("bind").map(|p| p.p50), Some(7));
+        assert_eq!(step.percentiles("ping").map(|p| p.p50), Some(2));
+        // A summary from before ramps were recorded: the hold's binds.
+        step.ramp_latency.clear();
+        assert_eq!(step.percentiles("bind").map(|p| p.p50), Some(1));
+    }
 }

@@ -192,9 +192,7 @@ impl Latencies {
             let h: Histogram<u64> = Deserializer::new()
                 .deserialize(&mut bytes.as_slice())
                 .map_err(|e| format!("{e:?}"))?;
-            self.hists[m as usize]
-                .add(&h)
-                .map_err(|e| e.to_string())?;
+            self.hists[m as usize].add(&h).map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -351,5 +349,38 @@ mod tests {
         assert_eq!(p.min, 1);
         assert!((p.p50 as i64 - 1000).abs() <= 1, "{p:?}");
         assert!((p.max as i64 - 2000).abs() <= 1, "{p:?}");
+    }
+
+    #[test]
+    fn encoding_leaves_out_empty_histograms_and_adds_into_existing_ones() {
+        let mut a = Latencies::default();
+        a.record(Metric::Bind, Duration::from_micros(250));
+        let encoded = a.encode();
+        assert_eq!(
+            encoded.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["bind"]
+        );
+        let mut into = Latencies::default();
+        into.record(Metric::Bind, Duration::from_micros(750));
+        into.record(Metric::Ping, Duration::from_micros(10));
+        into.add_encoded(&encoded).unwrap();
+        assert_eq!(into.get(Metric::Bind).len(), 2);
+        assert_eq!(into.get(Metric::Ping).len(), 1);
+        assert!(into.add_encoded(&[("nope".into(), String::new())]).is_err());
+    }
+
+    #[test]
+    fn taking_an_interval_moves_it_into_the_snapshot_and_the_totals() {
+        let t = ThreadStats::default();
+        t.record(Metric::Ping, Duration::from_micros(100));
+        let mut snap = Snapshot::default();
+        snap.interval.record(Metric::Ping, Duration::from_micros(5));
+        snap.clear();
+        t.take_interval_into(&mut snap.interval);
+        assert_eq!(snap.interval.get(Metric::Ping).len(), 1);
+        // The interval is empty again; the totals kept it.
+        t.take_interval_into(&mut snap.interval);
+        assert_eq!(snap.interval.get(Metric::Ping).len(), 1);
+        assert_eq!(t.total().get(Metric::Ping).len(), 1);
     }
 }
