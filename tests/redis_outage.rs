@@ -323,3 +323,49 @@ async fn a_device_on_a_node_that_does_not_listen_is_never_counted_as_delivered()
     );
     nothing_pending(&mut c).await;
 }
+
+/// A device binds and its kept messages cannot be read at that moment (an
+/// ACL takes LRANGE away, as a Redis error or a lost reply would): nothing
+/// is removed from the list, the gateway retries while the device stays
+/// bound, and the device gets the message once Redis answers, without
+/// binding again. Only then is the message removed from Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_messages_whose_first_read_failed_still_reach_the_bound_device() {
+    let redis = Redis::start();
+    let a = node(&redis, "A");
+    redis_up(&a, true);
+    let (status, r) = push(
+        &a,
+        r#"{"to": {"device": "late"}, "payload": "kept", "ttl": 60}"#,
+    );
+    assert_eq!((status, counts(&r)), (200, (0, 1, 0)), "{r}");
+    assert_eq!(
+        redis.cli(&["ACL", "SETUSER", "default", "-lrange"]).trim(),
+        "OK"
+    );
+    let mut late = a.bound("late").await;
+    wait_until(T, "presence synced", || consistent(&a, 1));
+    wait_until(T, "a failed read of the kept messages logged", || {
+        a.log_text()
+            .contains("cannot deliver offline messages; retrying")
+    });
+    assert_eq!(
+        redis.cli(&["LLEN", "miop:offline:late"]).trim(),
+        "1",
+        "a message that was not delivered stays kept"
+    );
+    assert_eq!(
+        redis.cli(&["ACL", "SETUSER", "default", "+lrange"]).trim(),
+        "OK"
+    );
+    let (id, payload) = next_push(&mut late).await;
+    assert_eq!(
+        (id, payload.as_slice()),
+        (r["id"].as_u64().unwrap(), &b"kept"[..])
+    );
+    late.ack(id).await.unwrap();
+    nothing_pending(&mut late).await;
+    wait_until(T, "the delivered message removed from Redis", || {
+        redis.cli(&["EXISTS", "miop:offline:late"]).trim() == "0"
+    });
+}

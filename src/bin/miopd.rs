@@ -131,7 +131,7 @@ fn run(config: Config) -> Result<(), String> {
                     lease_ttl: config.presence_lease,
                     command_timeout: Duration::from_secs(2),
                 };
-                let p = RedisPresence::start(settings, gw.clone(), miop::push::Delivery)?;
+                let p = RedisPresence::start(settings, gw.clone(), miop::push::Delivery::default())?;
                 if let Some(rx) = unacked_rx {
                     tokio::spawn(p.clone().keep_unacked(rx));
                 }

@@ -57,12 +57,18 @@ end
 return redis.call('LLEN', KEYS[1])
 "#;
 
-/// Takes (reads and deletes) every offline message of a device, oldest first.
-/// KEYS[1] = offline key.
-pub const TAKE_OFFLINE: &str = r#"
-local v = redis.call('LRANGE', KEYS[1], 0, -1)
-redis.call('DEL', KEYS[1])
-return v
+/// Removes delivered (or expired) offline messages, each by its exact entry
+/// (`LREM 1`): the list is read with `LRANGE` and only what was delivered is
+/// removed afterwards, so a reply lost to a timeout or a reconnect loses no
+/// message (it is delivered again: at-least-once), and entries appended
+/// meanwhile stay. KEYS[1] = offline key; ARGV = entries. Returns how many
+/// were removed.
+pub const REMOVE_OFFLINE: &str = r#"
+local n = 0
+for i = 1, #ARGV do
+  n = n + redis.call('LREM', KEYS[1], 1, ARGV[i])
+end
+return n
 "#;
 
 /// Marks the device online on this node unless a later bind (by bind time) on

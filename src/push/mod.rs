@@ -20,7 +20,8 @@ mod routing;
 
 pub use routing::RoutedPush;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::presence::{PushEvents, RedisPresence};
@@ -100,7 +101,12 @@ pub(crate) fn cause(
 /// Delivers on this node what presence hears: pushes that other nodes routed
 /// here, and the offline messages of devices that just bound here. miopd
 /// starts presence with it.
-pub struct Delivery;
+#[derive(Default)]
+pub struct Delivery {
+    /// Devices whose kept messages are being delivered now, and whether
+    /// they came online again meanwhile (see `deliver_offline`).
+    active: Arc<Mutex<HashMap<String, bool>>>,
+}
 
 impl PushEvents for Delivery {
     fn routed(&self, presence: &RedisPresence, message: &str) {
@@ -108,6 +114,24 @@ impl PushEvents for Delivery {
     }
 
     fn came_online(&self, presence: Arc<RedisPresence>, devices: Vec<String>) {
-        tokio::spawn(presence.deliver_offline(devices));
+        let fresh: Vec<String> = {
+            let mut active = self.active.lock().unwrap();
+            devices
+                .into_iter()
+                .filter(|d| match active.get_mut(d) {
+                    Some(again) => {
+                        *again = true;
+                        false
+                    }
+                    None => {
+                        active.insert(d.clone(), false);
+                        true
+                    }
+                })
+                .collect()
+        };
+        if !fresh.is_empty() {
+            tokio::spawn(presence.deliver_offline(fresh, self.active.clone()));
+        }
     }
 }

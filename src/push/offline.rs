@@ -5,7 +5,9 @@
 //! [`crate::presence::PushEvents`]) and `deliver_offline` delivers the list
 //! in order (at-least-once delivery).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use fred::prelude::*;
 use futures_util::future::join_all;
@@ -73,6 +75,10 @@ pub(crate) struct Stored {
     /// Why, for the first failure.
     pub error: Option<String>,
 }
+
+/// Attempts at delivering a device's kept messages after it bound (about
+/// 4 minutes with the backoff) before they are left for its next bind.
+const OFFLINE_ATTEMPTS: u32 = 10;
 
 /// Most messages kept per offline device (the oldest are dropped first).
 pub const MAX_OFFLINE_PER_DEVICE: usize = 100;
@@ -147,64 +153,106 @@ impl RedisPresence {
     }
 
     /// Delivers, in order, what was kept for devices that just came online
-    /// here. Expired messages are dropped and counted; if the session is gone
-    /// again before delivery, the rest goes back to Redis.
-    pub(super) async fn deliver_offline(self: Arc<Self>, devices: Vec<String>) {
-        for device in devices {
-            let taken: Fred<Vec<String>> = self
-                .redis()
-                .eval(
-                    keys::TAKE_OFFLINE,
-                    keys::offline(&device),
-                    Vec::<String>::new(),
-                )
-                .await;
-            let entries = match taken {
-                Ok(e) => e,
-                Err(e) => {
-                    self.warn("cannot fetch offline messages", &e);
-                    continue;
-                }
-            };
-            let now = unix_ms();
-            let mut rest = entries.iter();
-            while let Some(raw) = rest.next() {
-                let Ok(entry) = serde_json::from_str::<OfflineEntry>(raw) else {
-                    continue;
-                };
-                if entry.exp_ms <= now {
-                    metrics::counter!(m::OFFLINE_EXPIRED).increment(1);
-                    continue;
-                }
-                let Ok(payload) = base64::Engine::decode(
-                    &base64::engine::general_purpose::STANDARD,
-                    &entry.payload_b64,
-                ) else {
-                    continue;
-                };
-                let to = crate::gateway::PushTo::Devices(vec![device.clone()]);
-                match self
-                    .gateway()
-                    .push_local(entry.id, &to, payload.into(), entry.ack, Some(entry.exp_ms))
-                    .await
-                {
-                    Ok(r) if r.report.delivered > 0 => {
-                        metrics::counter!(m::OFFLINE_DELIVERED).increment(1);
-                    }
-                    _ => {
-                        // Gone again: keep this one and the rest, in order.
-                        let back: Vec<String> = std::iter::once(raw).chain(rest).cloned().collect();
-                        let _: Fred<i64> = self
-                            .redis()
-                            .lpush(
-                                keys::offline(&device),
-                                back.into_iter().rev().collect::<Vec<_>>(),
-                            )
-                            .await;
-                        break;
+    /// here, each device at most once at a time (`active`: a device asked
+    /// for again meanwhile is read once more when its delivery ends, so
+    /// nothing stored in between waits for the next bind, and two deliveries
+    /// never hand the same message over twice).
+    pub(super) async fn deliver_offline(
+        self: Arc<Self>,
+        devices: Vec<String>,
+        active: Arc<Mutex<HashMap<String, bool>>>,
+    ) {
+        join_all(devices.into_iter().map(|device| {
+            let active = &active;
+            let me = &self;
+            async move {
+                loop {
+                    me.deliver_with_retries(&device).await;
+                    let mut active = active.lock().unwrap();
+                    match active.get_mut(&device) {
+                        Some(again) if *again => *again = false,
+                        _ => {
+                            active.remove(&device);
+                            break;
+                        }
                     }
                 }
             }
+        }))
+        .await;
+    }
+
+    /// [`Self::deliver_kept`] until it succeeds, while the device is still
+    /// bound here, at most [`OFFLINE_ATTEMPTS`] times with a backoff: a
+    /// Redis hiccup right after a bind must not leave kept messages waiting
+    /// for the device's next bind. What is not delivered stays in Redis.
+    async fn deliver_with_retries(&self, device: &str) {
+        let mut backoff = Duration::from_secs(1);
+        for attempt in 1..=OFFLINE_ATTEMPTS {
+            match self.deliver_kept(device).await {
+                Ok(()) => return,
+                Err(e) if attempt == OFFLINE_ATTEMPTS => {
+                    self.warn(
+                        "cannot deliver offline messages; they stay kept until the device binds again",
+                        &e,
+                    );
+                    return;
+                }
+                Err(e) => self.warn("cannot deliver offline messages; retrying", &e),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+            if self.gateway().locate(device).is_none() {
+                return;
+            }
         }
+    }
+
+    /// Reads the device's kept messages, delivers them in order, then
+    /// removes those delivered (and expired or unreadable ones) from the
+    /// list. Nothing is removed before it was handed to the session: a lost
+    /// reply or a failed removal means a message is delivered again
+    /// (at-least-once), never lost. If the session is gone again, the rest
+    /// stays for its next bind.
+    async fn deliver_kept(&self, device: &str) -> Fred<()> {
+        let key = keys::offline(device);
+        let entries: Vec<String> = self.redis().lrange(&key, 0, -1).await?;
+        let now = unix_ms();
+        let mut done = Vec::new();
+        for raw in entries {
+            let Ok(entry) = serde_json::from_str::<OfflineEntry>(&raw) else {
+                done.push(raw);
+                continue;
+            };
+            if entry.exp_ms <= now {
+                metrics::counter!(m::OFFLINE_EXPIRED).increment(1);
+                done.push(raw);
+                continue;
+            }
+            let Ok(payload) = base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                &entry.payload_b64,
+            ) else {
+                done.push(raw);
+                continue;
+            };
+            let to = crate::gateway::PushTo::Devices(vec![device.to_string()]);
+            match self
+                .gateway()
+                .push_local(entry.id, &to, payload.into(), entry.ack, Some(entry.exp_ms))
+                .await
+            {
+                Ok(r) if r.report.delivered > 0 => {
+                    metrics::counter!(m::OFFLINE_DELIVERED).increment(1);
+                    done.push(raw);
+                }
+                // Gone again: this one and the rest stay, in order.
+                _ => break,
+            }
+        }
+        if !done.is_empty() {
+            let _: i64 = self.redis().eval(keys::REMOVE_OFFLINE, key, done).await?;
+        }
+        Ok(())
     }
 }
