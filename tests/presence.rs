@@ -408,3 +408,42 @@ async fn a_slow_redis_during_reconciliation_is_not_taken_for_a_hung_one_and_conv
     all_alive(&mut clients).await;
     assert_eq!(gw.metric("miop_sessions"), Some(2000.0));
 }
+
+/// The node's set update and the device entries of a batch of binds go out
+/// together (one round trip); when the set update fails (an ACL takes SADD
+/// away from all keys but the node list) the entries are written anyway, the batch is retried, and once
+/// SADD works again the set holds every device: cleanup after this node
+/// would find them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_set_update_is_repaired_by_writing_the_batch_again() {
+    let redis = Redis::start();
+    let a = node(&redis, "A", &[]);
+    converged(&a, 0);
+    assert_eq!(
+        redis
+            .cli(&["ACL", "SETUSER", "default", "-sadd", "(+sadd ~miop:nodes)"])
+            .trim(),
+        "OK",
+        "SADD left only for the node list (the lease refresh needs it)"
+    );
+    let _clients = fleet(&a, "set", 0, 3).await;
+    wait_until(CONVERGE, "entries written, set update failing", || {
+        (0..3).all(|i| {
+            redis
+                .cli(&["HGET", &format!("miop:dev:set-{i}"), "node"])
+                .trim()
+                == "A"
+        }) && a
+            .log_text()
+            .contains("presence write failed; changes requeued")
+    });
+    assert_eq!(redis.cli(&["SCARD", "miop:node:{A}:devices"]).trim(), "0");
+    assert_eq!(
+        redis
+            .cli(&["ACL", "SETUSER", "default", "+sadd", "clearselectors"])
+            .trim(),
+        "OK"
+    );
+    converged(&a, 3);
+    assert_eq!(redis.cli(&["SCARD", "miop:node:{A}:devices"]).trim(), "3");
+}
