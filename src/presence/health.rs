@@ -6,7 +6,8 @@
 //!
 //! So a failed command only wakes the health watch, which sends a PING on a
 //! connection of its own (it does not queue behind this node's commands) with
-//! its own timeout. Redis is "hung" only when two such PINGs in a row get no
+//! its own timeout (not counting what this thread waited for a CPU, see
+//! `cpu_wait`). Redis is "hung" only when two such PINGs in a row get no
 //! answer, or when the command connection got no reply at all for
 //! `STUCK_AFTER` command timeouts while the PINGs were answered (that one
 //! connection is dead): then the connections are re-established, and the
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 
+use super::cpu_wait::RoundTimer;
 use super::RedisPresence;
 use crate::metrics as m;
 
@@ -30,6 +32,9 @@ const HUNG_AFTER: u32 = 2;
 /// connection, while PINGs are answered, after which that connection is
 /// taken for dead.
 const STUCK_AFTER: u32 = 5;
+/// Most wall time a PING probe may take, in command timeouts, when this
+/// thread waited for a CPU meanwhile.
+const STARVED_GRACE: u32 = 4;
 
 impl RedisPresence {
     /// Redis answers, as the writer last saw it.
@@ -91,9 +96,8 @@ impl RedisPresence {
                 && self.client.is_connected()
             {
                 let sent = Instant::now();
-                let answer = tokio::time::timeout(timeout, self.probe.ping::<Value>(None)).await;
-                let rtt = sent.elapsed();
-                if matches!(answer, Ok(Ok(_))) {
+                let (answered, rtt) = self.probe_once(timeout).await;
+                if answered {
                     unanswered = 0;
                     metrics::counter!(m::REDIS_PROBES, "result" => "answered").increment(1);
                     let silent = self.last_success.lock().unwrap().elapsed();
@@ -126,6 +130,36 @@ impl RedisPresence {
                     // probe connection fails at once.
                     tokio::time::sleep_until((sent + timeout).into()).await;
                 }
+            }
+        }
+    }
+
+    /// One PING on the probe connection: whether it was answered, and in
+    /// how long. Redis gets `timeout` to answer, not counting what this
+    /// thread waited for a CPU meanwhile (`cpu_wait`), up to
+    /// [`STARVED_GRACE`] times `timeout` of wall time: on a saturated
+    /// machine a starved control plane reads the answer late, and taking
+    /// that for a hung Redis reconnects and reconciles, the most expensive
+    /// thing it could do then.
+    async fn probe_once(&self, timeout: Duration) -> (bool, Duration) {
+        let timer = RoundTimer::start();
+        let sent = Instant::now();
+        let cap = sent + timeout * STARVED_GRACE;
+        let options = fred::prelude::Options {
+            timeout: Some(timeout * STARVED_GRACE),
+            ..Default::default()
+        };
+        let probe = self.probe.with_options(&options);
+        let ping = probe.ping::<Value>(None);
+        tokio::pin!(ping);
+        loop {
+            let until = (Instant::now() + timeout.saturating_sub(timer.took())).min(cap);
+            match tokio::time::timeout_at(until.into(), &mut ping).await {
+                Ok(answer) => return (answer.is_ok(), sent.elapsed()),
+                Err(_) if timer.took() >= timeout || Instant::now() >= cap => {
+                    return (false, sent.elapsed())
+                }
+                Err(_) => {}
             }
         }
     }

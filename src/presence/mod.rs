@@ -43,6 +43,7 @@
 //! gateway through its facade ([`Gateway`]: locate, kick, push, snapshot) and
 //! to Redis, never to sessions directly.
 
+mod cpu_wait;
 mod health;
 pub mod keys;
 mod kicks;

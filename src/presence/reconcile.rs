@@ -16,7 +16,8 @@ use fred::types::{ClusterHash, CustomCommand, InfoKind};
 use futures_util::future::join_all;
 use serde::Serialize;
 
-use super::pace::{self, Pace, RoundTimer};
+use super::cpu_wait::RoundTimer;
+use super::pace::{self, Pace};
 use super::{keys, Fred, RedisPresence, BATCH};
 use crate::gateway::Bound;
 use crate::metrics as m;

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use fred::prelude::*;
 use futures_util::future::join_all;
 
-use super::pace::{Pace, RoundTimer};
+use super::cpu_wait::RoundTimer;
+use super::pace::Pace;
 use super::reconcile::Pass;
 use super::{keys, Fred, RedisPresence, BATCH};
 use crate::gateway::Bound;
