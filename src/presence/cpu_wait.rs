@@ -6,16 +6,15 @@
 
 use std::time::{Duration, Instant};
 
-/// The time of one round as Redis made it: wall time less what this thread
-/// waited for a CPU meanwhile. Used by the pace (`pace`) and the health
-/// watch (`health`). The control plane is one thread that runs
-/// the writer and fred's connection tasks, so on a saturated machine each
-/// of a round's round trips also waits for the scheduler; a round slowed by
-/// that is not a sign of a loaded Redis, and halving the window for it only
-/// multiplies those waits (at 1,000,000 sessions on 2 busy cores, windows
-/// of ~65 took 2.3 s each and the backlog drained at a few thousand
-/// entries a second while Redis idled). Where the kernel does not report
-/// run-queue waits, plain wall time.
+/// How long something took as Redis made it: wall time less what this
+/// thread waited for a CPU meanwhile. The health watch judges its PING
+/// probes by it, so that a control plane starved by a saturated machine
+/// (at 1,000,000 sessions on 2 cores) does not take Redis for hung and
+/// reconnect and reconcile, the most expensive thing it could do then.
+/// (The pace keeps wall time: commands time out by wall time, and at that
+/// load rounds kept large by leaving the wait out timed out more and
+/// starved the sessions' pings; measured in docs/BENCHMARKS.md.) Where the
+/// kernel does not report run-queue waits, plain wall time.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct RoundTimer {
     started: Instant,

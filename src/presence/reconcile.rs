@@ -16,7 +16,6 @@ use fred::types::{ClusterHash, CustomCommand, InfoKind};
 use futures_util::future::join_all;
 use serde::Serialize;
 
-use super::cpu_wait::RoundTimer;
 use super::pace::{self, Pace};
 use super::{keys, Fred, RedisPresence, BATCH};
 use crate::gateway::Bound;
@@ -353,7 +352,7 @@ impl RedisPresence {
         if !held.is_empty() {
             let set_key = keys::node_devices(self.me());
             let members: Vec<String> = held.iter().map(|(d, _)| d.to_string()).collect();
-            let sent = RoundTimer::start();
+            let sent = Instant::now();
             let (reads, added) = futures_util::join!(
                 join_all(held.iter().map(|(d, _)| {
                     self.client.hmget::<(Option<String>, Option<String>), _, _>(
@@ -363,7 +362,7 @@ impl RedisPresence {
                 })),
                 self.client.sadd::<i64, _, _>(&set_key, members)
             );
-            let took = sent.took();
+            let took = sent.elapsed();
             let reads: Vec<(Option<String>, Option<String>)> =
                 reads.into_iter().collect::<Fred<_>>()?;
             added?;
@@ -410,7 +409,7 @@ impl RedisPresence {
             return Ok(false);
         };
         let set_key = keys::node_devices(self.me());
-        let sent = RoundTimer::start();
+        let sent = Instant::now();
         let want_size = size.is_none();
         let (scan, card) = futures_util::join!(
             self.client.custom::<(String, Vec<String>), _>(
@@ -444,7 +443,7 @@ impl RedisPresence {
         .await
         .into_iter()
         .collect::<Fred<_>>()?;
-        pace.done(members.len().max(1) + candidates.len(), sent.took());
+        pace.done(members.len().max(1) + candidates.len(), sent.elapsed());
         if let Some(n) = card {
             *size = Some(n);
         }

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use fred::prelude::*;
 use futures_util::future::join_all;
 
-use super::cpu_wait::RoundTimer;
 use super::pace::Pace;
 use super::reconcile::Pass;
 use super::{keys, Fred, RedisPresence, BATCH};
@@ -121,10 +120,10 @@ impl RedisPresence {
                     break;
                 }
                 let sent = batch.len();
-                let t0 = RoundTimer::start();
+                let t0 = Instant::now();
                 match self.write_batch(batch).await {
                     Ok(()) => {
-                        pace.done(sent, t0.took());
+                        pace.done(sent, t0.elapsed());
                         self.succeeded();
                     }
                     Err(e) => {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use fred::prelude::*;
 use futures_util::future::join_all;
+use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::{cause, Deadline, RoutedPush};
@@ -79,6 +80,9 @@ pub(crate) struct Stored {
 /// Attempts at delivering a device's kept messages after it bound (about
 /// 4 minutes with the backoff) before they are left for its next bind.
 const OFFLINE_ATTEMPTS: u32 = 10;
+
+/// Devices whose kept messages are read at once (see `deliver_offline`).
+const OFFLINE_READS_IN_FLIGHT: usize = 32;
 
 /// Most messages kept per offline device (the oldest are dropped first).
 pub const MAX_OFFLINE_PER_DEVICE: usize = 100;
@@ -162,24 +166,28 @@ impl RedisPresence {
         devices: Vec<String>,
         active: Arc<Mutex<HashMap<String, bool>>>,
     ) {
-        join_all(devices.into_iter().map(|device| {
-            let active = &active;
-            let me = &self;
-            async move {
-                loop {
-                    me.deliver_with_retries(&device).await;
-                    let mut active = active.lock().unwrap();
-                    match active.get_mut(&device) {
-                        Some(again) if *again => *again = false,
-                        _ => {
-                            active.remove(&device);
-                            break;
+        // A batch of binds hands up to a thousand devices at once: a few
+        // dozen reads in flight is pipelining enough, without a burst that
+        // competes with the writer for the connection.
+        futures_util::stream::iter(devices)
+            .for_each_concurrent(OFFLINE_READS_IN_FLIGHT, |device| {
+                let active = &active;
+                let me = &self;
+                async move {
+                    loop {
+                        me.deliver_with_retries(&device).await;
+                        let mut active = active.lock().unwrap();
+                        match active.get_mut(&device) {
+                            Some(again) if *again => *again = false,
+                            _ => {
+                                active.remove(&device);
+                                break;
+                            }
                         }
                     }
                 }
-            }
-        }))
-        .await;
+            })
+            .await;
     }
 
     /// [`Self::deliver_kept`] until it succeeds, while the device is still
