@@ -103,9 +103,11 @@ pub(crate) fn cause(
 /// starts presence with it.
 #[derive(Default)]
 pub struct Delivery {
-    /// Devices whose kept messages are being delivered now, and whether
-    /// they came online again meanwhile (see `deliver_offline`).
+    /// Devices queued for or in offline delivery, and whether they came
+    /// online again meanwhile (see `offline_worker`).
     active: Arc<Mutex<HashMap<String, bool>>>,
+    /// The offline worker's queue, started with the first device.
+    queue: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 impl PushEvents for Delivery {
@@ -114,24 +116,21 @@ impl PushEvents for Delivery {
     }
 
     fn came_online(&self, presence: Arc<RedisPresence>, devices: Vec<String>) {
-        let fresh: Vec<String> = {
-            let mut active = self.active.lock().unwrap();
-            devices
-                .into_iter()
-                .filter(|d| match active.get_mut(d) {
-                    Some(again) => {
-                        *again = true;
-                        false
-                    }
-                    None => {
-                        active.insert(d.clone(), false);
-                        true
-                    }
-                })
-                .collect()
-        };
-        if !fresh.is_empty() {
-            tokio::spawn(presence.deliver_offline(fresh, self.active.clone()));
+        let queue = self.queue.get_or_init(|| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(presence.offline_worker(rx, self.active.clone()));
+            tx
+        });
+        let mut active = self.active.lock().unwrap();
+        for d in devices {
+            match active.get_mut(&d) {
+                Some(again) => *again = true,
+                None => {
+                    active.insert(d.clone(), false);
+                    // The worker lives as long as the process.
+                    let _ = queue.send(d);
+                }
+            }
         }
     }
 }

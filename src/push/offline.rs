@@ -2,7 +2,7 @@
 //! online nowhere is kept in a bounded Redis list until the TTL passes; so
 //! are the unacknowledged pushes of sessions that ended. When the device
 //! binds here, the presence writer hands it back here (through
-//! [`crate::presence::PushEvents`]) and `deliver_offline` delivers the list
+//! [`crate::presence::PushEvents`]) and `offline_worker` delivers the list
 //! in order (at-least-once delivery).
 
 use std::collections::HashMap;
@@ -81,8 +81,9 @@ pub(crate) struct Stored {
 /// 4 minutes with the backoff) before they are left for its next bind.
 const OFFLINE_ATTEMPTS: u32 = 10;
 
-/// Devices whose kept messages are read at once (see `deliver_offline`).
-const OFFLINE_READS_IN_FLIGHT: usize = 32;
+/// Devices whose kept messages are read at once on a node (see
+/// `offline_worker`).
+const OFFLINE_READS_IN_FLIGHT: usize = 16;
 
 /// Most messages kept per offline device (the oldest are dropped first).
 pub const MAX_OFFLINE_PER_DEVICE: usize = 100;
@@ -157,19 +158,26 @@ impl RedisPresence {
     }
 
     /// Delivers, in order, what was kept for devices that just came online
-    /// here, each device at most once at a time (`active`: a device asked
-    /// for again meanwhile is read once more when its delivery ends, so
-    /// nothing stored in between waits for the next bind, and two deliveries
-    /// never hand the same message over twice).
-    pub(super) async fn deliver_offline(
+    /// here: one worker per node, taking devices from `queue`, with at most
+    /// [`OFFLINE_READS_IN_FLIGHT`] of them read at once however many bind
+    /// (a ramp to a million sessions hands up a thousand devices per batch
+    /// of the writer, and a read per device in flight for each batch timed
+    /// the node's own presence writes out on a busy host). A device is in
+    /// `active` from its queueing to the end of its delivery, so it is
+    /// delivered once at a time; one that came online again meanwhile is
+    /// read once more at the end, so nothing stored in between waits for
+    /// its next bind.
+    pub(super) async fn offline_worker(
         self: Arc<Self>,
-        devices: Vec<String>,
+        queue: tokio::sync::mpsc::UnboundedReceiver<String>,
         active: Arc<Mutex<HashMap<String, bool>>>,
     ) {
-        // A batch of binds hands up to a thousand devices at once: a few
-        // dozen reads in flight is pipelining enough, without a burst that
-        // competes with the writer for the connection.
-        futures_util::stream::iter(devices)
+        let devices =
+            futures_util::stream::unfold(
+                queue,
+                |mut q| async move { q.recv().await.map(|d| (d, q)) },
+            );
+        devices
             .for_each_concurrent(OFFLINE_READS_IN_FLIGHT, |device| {
                 let active = &active;
                 let me = &self;
