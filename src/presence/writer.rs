@@ -150,36 +150,32 @@ impl RedisPresence {
 
     /// Writes, for each device, what the device index says now: online with
     /// the live session, or no entry in this node's name.
-    ///
-    /// A batch of binds is one round trip: the `SADD` of the devices to the
-    /// node's set and their ONLINE scripts are pipelined on one connection,
-    /// which Redis runs in order, so a member is written before its entry
-    /// (if this node dies in between, cleanup after it still finds and
-    /// purges the entry; if the `SADD` fails, the devices are written again). On Redis Cluster the set and the entries live on
-    /// different shards with no order between connections, so there the
-    /// `SADD` is answered first. A batch with departures adds one round
-    /// trip: the `SREM` after the PURGEs.
     async fn write_batch(&self, batch: Vec<Box<str>>) -> Fred<()> {
         let batch_size = batch.len();
         let started = Instant::now();
         let me = self.me().to_owned();
         let held: Vec<Option<Bound>> = batch.iter().map(|d| self.gateway.locate(d)).collect();
+        // Into the node's set before the entry exists: if this node dies in
+        // between, cleanup after it still finds (and purges) the entry.
         let joining: Vec<String> = batch
             .iter()
             .zip(&held)
             .filter(|(_, l)| l.is_some())
             .map(|(d, _)| d.to_string())
             .collect();
-        let set_key = keys::node_devices(&me);
-        let sadd = async {
-            if joining.is_empty() {
-                return Ok(0);
-            }
-            self.client
-                .sadd::<i64, _, _>(&set_key, joining.clone())
+        if !joining.is_empty() {
+            if let Err(e) = self
+                .client
+                .sadd::<i64, _, _>(keys::node_devices(&me), joining)
                 .await
-        };
-        let entries = join_all(batch.iter().zip(&held).map(|(device, loc)| {
+            {
+                metrics::counter!(m::PRESENCE_WRITES, "result" => "error")
+                    .increment(batch.len() as u64);
+                self.pending.requeue(batch);
+                return Err(e);
+            }
+        }
+        let results = join_all(batch.iter().zip(&held).map(|(device, loc)| {
             let key = keys::device(device);
             let me = me.clone();
             async move {
@@ -196,18 +192,8 @@ impl RedisPresence {
                     }
                 }
             }
-        }));
-        let (joined, results) = if self.client.is_clustered() {
-            if let Err(e) = sadd.await {
-                metrics::counter!(m::PRESENCE_WRITES, "result" => "error")
-                    .increment(batch.len() as u64);
-                self.pending.requeue(batch);
-                return Err(e);
-            }
-            (Ok(0), entries.await)
-        } else {
-            futures_util::join!(sadd, entries)
-        };
+        }))
+        .await;
         let mut failed = Vec::new();
         let mut first_err = None;
         let (mut add, mut remove, mut kicks) = (Vec::new(), Vec::new(), Vec::new());
@@ -239,22 +225,30 @@ impl RedisPresence {
         }
         let ok = (add.len() + remove.len()) as u64;
         metrics::counter!(m::PRESENCE_WRITES, "result" => "ok").increment(ok);
+        let set_key = keys::node_devices(&me);
+        let sadd = async {
+            if add.is_empty() {
+                return Ok(0);
+            }
+            self.client.sadd::<i64, _, _>(&set_key, add.clone()).await
+        };
+        let srem = async {
+            if remove.is_empty() {
+                return Ok(0);
+            }
+            self.client
+                .srem::<i64, _, _>(&set_key, remove.clone())
+                .await
+        };
+        let (a, r) = futures_util::join!(sadd, srem);
         let write_errors = failed.len() as u64;
         // The device entries are right but the set is not: write those
         // devices again (which repeats the set update), rather than ask for a
         // whole reconciliation because one command timed out.
-        if let Err(e) = joined {
-            first_err.get_or_insert(e);
-            failed.extend(joining.into_iter().map(Box::<str>::from));
-        }
-        if !remove.is_empty() {
-            if let Err(e) = self
-                .client
-                .srem::<i64, _, _>(&set_key, remove.clone())
-                .await
-            {
+        for (result, devices) in [(a, add), (r, remove)] {
+            if let Err(e) = result {
                 first_err.get_or_insert(e);
-                failed.extend(remove.into_iter().map(Box::<str>::from));
+                failed.extend(devices.into_iter().map(Box::<str>::from));
             }
         }
         // Kicks go out together: a wave of devices moving here must not
