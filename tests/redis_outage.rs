@@ -160,19 +160,26 @@ async fn pushes_while_redis_is_out(gw: &Miopd, here: &mut Client) {
 /// Redis is back: the TTL push is kept, and the device gets that one (none
 /// of the ones answered 503) when it binds.
 async fn stored_once_redis_is_back(gw: &Miopd) {
-    let (status, r) = push(
-        gw,
-        r#"{"to": {"device": "away"}, "payload": "kept", "ttl": 60}"#,
-    );
-    assert_eq!((status, counts(&r)), (200, (0, 1, 0)), "{r}");
+    let id = kept_for(gw, "away");
     let mut away = gw.bound("away").await;
-    let (id, payload) = next_push(&mut away).await;
-    assert_eq!(
-        (id, payload.as_slice()),
-        (r["id"].as_u64().unwrap(), &b"kept"[..])
-    );
-    away.ack(id).await.unwrap();
-    nothing_pending(&mut away).await;
+    gets_only(&mut away, id).await;
+}
+
+/// A push "kept" with a TTL to `device`, online nowhere: it is kept
+/// offline. Returns its id.
+fn kept_for(gw: &Miopd, device: &str) -> u64 {
+    let body = json!({"to": {"device": device}, "payload": "kept", "ttl": 60});
+    let (status, r) = push(gw, &body.to_string());
+    assert_eq!((status, counts(&r)), (200, (0, 1, 0)), "{r}");
+    r["id"].as_u64().unwrap()
+}
+
+/// The client gets the kept push `id` (and acks it), and nothing else.
+async fn gets_only(c: &mut Client, id: u64) {
+    let (got, payload) = next_push(c).await;
+    assert_eq!((got, payload.as_slice()), (id, &b"kept"[..]));
+    c.ack(got).await.unwrap();
+    nothing_pending(c).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,11 +341,7 @@ async fn kept_messages_whose_first_read_failed_still_reach_the_bound_device() {
     let redis = Redis::start();
     let a = node(&redis, "A");
     redis_up(&a, true);
-    let (status, r) = push(
-        &a,
-        r#"{"to": {"device": "late"}, "payload": "kept", "ttl": 60}"#,
-    );
-    assert_eq!((status, counts(&r)), (200, (0, 1, 0)), "{r}");
+    let id = kept_for(&a, "late");
     assert_eq!(
         redis.cli(&["ACL", "SETUSER", "default", "-lrange"]).trim(),
         "OK"
@@ -358,13 +361,7 @@ async fn kept_messages_whose_first_read_failed_still_reach_the_bound_device() {
         redis.cli(&["ACL", "SETUSER", "default", "+lrange"]).trim(),
         "OK"
     );
-    let (id, payload) = next_push(&mut late).await;
-    assert_eq!(
-        (id, payload.as_slice()),
-        (r["id"].as_u64().unwrap(), &b"kept"[..])
-    );
-    late.ack(id).await.unwrap();
-    nothing_pending(&mut late).await;
+    gets_only(&mut late, id).await;
     wait_until(T, "the delivered message removed from Redis", || {
         redis.cli(&["EXISTS", "miop:offline:late"]).trim() == "0"
     });

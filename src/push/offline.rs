@@ -78,7 +78,8 @@ pub(crate) struct Stored {
 }
 
 /// Attempts at delivering a device's kept messages after it bound (about
-/// 4 minutes with the backoff) before they are left for its next bind.
+/// 2.5 minutes with the backoff: 1 s doubling up to 30 s) before they are
+/// left for its next bind.
 const OFFLINE_ATTEMPTS: u32 = 10;
 
 /// Devices whose kept messages are read at once on a node (see
