@@ -42,6 +42,7 @@ the JSON/HTML output are each a few lines here.
 import argparse
 import json
 import math
+import re
 import os
 import resource
 import signal
@@ -375,6 +376,27 @@ def consistency(admin_ports):
             return None
         for k in total:
             total[k] += c.get(k, 0)
+    return total
+
+
+def gateway_closes(admin_ports):
+    """Connections the gateways closed, by reason, summed over all of them
+    (`miop_connections_closed_total`): the gateway's side of "0 bind and 0
+    heartbeat timeouts", which the load generator cannot see. None if a
+    gateway does not answer."""
+    total = {}
+    for port in admin_ports:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                     headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                text = r.read().decode()
+        except Exception:
+            return None
+        for line in text.splitlines():
+            m = re.match(r'miop_connections_closed_total\{reason="([a-z_]+)"\} (\d+)', line)
+            if m:
+                total[m.group(1)] = total.get(m.group(1), 0) + int(m.group(2))
     return total
 
 
@@ -806,10 +828,11 @@ def main():
         sys.stdout.write(line)
         bench_out.write(line)
     bench.wait()
+    closes = gateway_closes(admin_ports) if admin_ports else None
     sampler.stop.set()
     sampler.join()
     result = {"params": params, "sysctls": sysctls, "bench_exit": bench.returncode,
-              "outage": outage or None, "hold_checks": checks}
+              "outage": outage or None, "hold_checks": checks, "gateway_closes": closes}
     run = {}
     try:
         with open(f"{a.out}/run.json") as f:
@@ -855,6 +878,8 @@ def main():
         log(f"peak: sessions {pk['sessions']:,}, gateways RSS {pk['gateways']['rss_bytes'] / 1e9:.2f} GB, "
             f"slab {pk['slab_bytes'] / 1e9:.2f} GB, memory in use {pk['mem_used_bytes'] / 1e9:.2f} GB")
     log(f"hold checks: {checks}")
+    if closes is not None:
+        log(f"connections the gateways closed, by reason: {closes}")
     if result.get("fan_out"):
         log(f"fan-out: {result['fan_out']}")
     if result.get("steps"):
