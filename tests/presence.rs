@@ -447,3 +447,58 @@ async fn no_entry_is_written_before_its_set_member_and_a_failed_set_update_is_re
     converged(&a, 3);
     assert_eq!(redis.cli(&["SCARD", "miop:node:{A}:devices"]).trim(), "3");
 }
+
+/// Waits until every cleanup pass that `gw`'s node could have started before
+/// `after` is over and one more has run: each pass removes a planted dead
+/// node (a member of `miop:nodes` without a lease), one fresh name a round.
+fn cleanup_rounds_ran_past(redis: &Redis, after: std::time::Instant) {
+    let mut past = 0;
+    for round in 0.. {
+        let planted_at = std::time::Instant::now();
+        let ghost = format!("ghost-{round}");
+        redis.cli(&["SADD", "miop:nodes", &ghost]);
+        wait_until(CONVERGE, "a planted dead node cleaned up", || {
+            redis.cli(&["SISMEMBER", "miop:nodes", &ghost]).trim() == "0"
+        });
+        if planted_at >= after {
+            past += 1;
+            if past == 2 {
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_reconciles_once_and_one_restarted_under_a_dead_ones_id_twice() {
+    let redis = Redis::start();
+    // 3 s leases (node_on): a second pass would start 2 leases after the
+    // first, at the first cleanup round past that instant.
+    let lease = Duration::from_secs(3);
+    let started = std::time::Instant::now();
+    let a = node(&redis, "A", &[]);
+    let _on_a = fleet(&a, "once", 0, 50).await;
+    converged(&a, 50);
+    cleanup_rounds_ran_past(&redis, started + lease * 2);
+    converged(&a, 50);
+    assert_eq!(
+        a.metric("miop_presence_reconciliations_total"),
+        Some(1.0),
+        "a node id Redis had not seen needs no second pass"
+    );
+
+    // Killed: its entries, its set and its place in miop:nodes stay until
+    // a cleanup (there is no other node here to do one). A new process
+    // under the same id, once the old lease lapsed, must reconcile again
+    // two leases later, since a cleanup could be purging what it writes.
+    a.signal(Signal::SIGKILL);
+    wait_until(CONVERGE, "the killed node's lease lapsed", || {
+        redis.cli(&["EXISTS", "miop:node:{A}:lease"]).trim() == "0"
+    });
+    let a2 = node(&redis, "A", &[]);
+    wait_until(CONVERGE, "the restarted node reconciled twice", || {
+        a2.metric("miop_presence_reconciliations_total") == Some(2.0)
+    });
+    converged(&a2, 0);
+    assert_eq!(redis.device_entries(), 0);
+}

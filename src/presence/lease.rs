@@ -95,14 +95,17 @@ impl RedisPresence {
         if previous.as_deref() != Some(self.incarnation.as_str()) {
             // First lease of this process, or it lapsed (a long pause, an
             // outage): other nodes may have purged our entries.
-            if previous.is_some() || self.ever_up.load(Ordering::Relaxed) {
+            let first = !self.leased.load(Ordering::Relaxed);
+            if previous.is_some() || !first {
                 tracing::info!(
                     "node lease was missing or another incarnation's; reconciling presence"
                 );
             }
             self.needs_reconcile.store(true, Ordering::Relaxed);
             self.pending.notify.notify_one();
-            if self.ever_up.load(Ordering::Relaxed) {
+            if self.ever_up.load(Ordering::Relaxed)
+                && (previous.is_some() || !first || self.may_be_purged().await)
+            {
                 // Another node may be purging our entries right now; check
                 // again once any such cleanup is over.
                 *self.reconcile_again_at.lock().unwrap() =
@@ -114,6 +117,23 @@ impl RedisPresence {
             self.pending.notify.notify_one();
         }
         Ok(())
+    }
+
+    /// At this process's first lease (just taken, before this node joins
+    /// the node set): whether a cleanup of an earlier process under the same
+    /// node id may be under way, or may still start, and so purge entries
+    /// this process writes. Cleaners only look at members of the node set
+    /// and leave it last; a claim marks one at work. A node id Redis has
+    /// never seen (or whose cleanup is over) needs no second reconciliation,
+    /// which would otherwise re-read every entry two leases after each start.
+    /// If Redis does not answer, it may.
+    async fn may_be_purged(&self) -> bool {
+        let member: Fred<bool> = self.client.sismember(keys::NODES, self.me()).await;
+        if member.unwrap_or(true) {
+            return true;
+        }
+        let claimed: Fred<i64> = self.client.exists(keys::cleanup_claim(self.me())).await;
+        claimed.map_or(true, |n| n > 0)
     }
 
     async fn clean_dead_nodes(&self) -> Fred<()> {
