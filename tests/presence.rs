@@ -472,11 +472,25 @@ fn cleanup_rounds_ran_past(redis: &Redis, after: std::time::Instant) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_node_reconciles_once_and_one_restarted_under_a_dead_ones_id_twice() {
     let redis = Redis::start();
-    // 3 s leases (node_on): a second pass would start 2 leases after the
-    // first, at the first cleanup round past that instant.
-    let lease = Duration::from_secs(3);
+    // A second pass would start 2 leases after the first, at the first
+    // cleanup round (every half lease) past that instant. 6 s leases, not
+    // the usual 3 s: a lease lapsed under a loaded CI machine would be a
+    // reason for a second pass of its own.
+    let lease = Duration::from_secs(6);
+    let node = |id: &str| {
+        Miopd::start(&[
+            "--cores",
+            "2",
+            "--redis",
+            &redis.url(),
+            "--node-id",
+            id,
+            "--presence-lease",
+            "6s",
+        ])
+    };
     let started = std::time::Instant::now();
-    let a = node(&redis, "A", &[]);
+    let a = node("A");
     let _on_a = fleet(&a, "once", 0, 50).await;
     converged(&a, 50);
     cleanup_rounds_ran_past(&redis, started + lease * 2);
@@ -495,7 +509,7 @@ async fn a_new_node_reconciles_once_and_one_restarted_under_a_dead_ones_id_twice
     wait_until(CONVERGE, "the killed node's lease lapsed", || {
         redis.cli(&["EXISTS", "miop:node:{A}:lease"]).trim() == "0"
     });
-    let a2 = node(&redis, "A", &[]);
+    let a2 = node("A");
     wait_until(CONVERGE, "the restarted node reconciled twice", || {
         a2.metric("miop_presence_reconciliations_total") == Some(2.0)
     });
