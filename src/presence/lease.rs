@@ -82,6 +82,7 @@ impl RedisPresence {
 
     async fn refresh_lease(&self) -> Fred<()> {
         let ttl = self.settings.lease_ttl.as_millis() as i64;
+        let sent = Instant::now();
         let previous: Option<String> = self
             .client
             .set(
@@ -92,13 +93,21 @@ impl RedisPresence {
                 true,
             )
             .await?;
-        if previous.as_deref() != Some(self.incarnation.as_str()) {
+        // The value alone does not prove the lease held: a refresh that
+        // timed out during a partition can still reach Redis after the
+        // lease expired (and after another node purged our entries) and
+        // set it again, and then this one finds our own value. So a lease
+        // is also taken as lapsed when more than a TTL passed between the
+        // sending of the last confirmed refresh and this reply.
+        let confirmed_before = self.lease_confirmed_sent.lock().unwrap().replace(sent);
+        let outlived = confirmed_before.is_some_and(|s| s.elapsed() > self.settings.lease_ttl);
+        if outlived || previous.as_deref() != Some(self.incarnation.as_str()) {
             // First lease of this process, or it lapsed (a long pause, an
             // outage): other nodes may have purged our entries.
             let first = !self.leased.load(Ordering::Relaxed);
             if previous.is_some() || !first {
                 tracing::info!(
-                    "node lease was missing or another incarnation's; reconciling presence"
+                    "node lease lapsed (or may have: no refresh confirmed for longer than its TTL) or was another incarnation's; reconciling presence"
                 );
             }
             self.needs_reconcile.store(true, Ordering::Relaxed);

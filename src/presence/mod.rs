@@ -128,6 +128,9 @@ pub struct RedisPresence {
     /// A second reconciliation after a lapsed lease, once any cleanup that
     /// other nodes started against this node has finished.
     reconcile_again_at: std::sync::Mutex<Option<Instant>>,
+    /// When the last lease refresh that Redis confirmed was sent: the lease
+    /// is known to have lived until then plus its TTL, and no longer.
+    lease_confirmed_sent: std::sync::Mutex<Option<Instant>>,
     log: std::sync::Mutex<RateLimitedLog>,
     /// The health watch's "slow, not hung" notice, rate-limited on its own.
     slow_log: std::sync::Mutex<RateLimitedLog>,
@@ -217,6 +220,7 @@ impl RedisPresence {
             reconnects: AtomicU64::new(0),
             reconciling: AtomicBool::new(false),
             reconcile_again_at: std::sync::Mutex::new(None),
+            lease_confirmed_sent: std::sync::Mutex::new(None),
             log: std::sync::Mutex::new(RateLimitedLog::new(Duration::from_secs(10))),
             slow_log: std::sync::Mutex::new(RateLimitedLog::new(Duration::from_secs(10))),
             events: Box::new(events),
