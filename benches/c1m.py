@@ -42,8 +42,8 @@ the JSON/HTML output are each a few lines here.
 import argparse
 import json
 import math
-import re
 import os
+import re
 import resource
 import signal
 import socket

@@ -448,9 +448,9 @@ async fn no_entry_is_written_before_its_set_member_and_a_failed_set_update_is_re
     assert_eq!(redis.cli(&["SCARD", "miop:node:{A}:devices"]).trim(), "3");
 }
 
-/// Waits until every cleanup pass that `gw`'s node could have started before
-/// `after` is over and one more has run: each pass removes a planted dead
-/// node (a member of `miop:nodes` without a lease), one fresh name a round.
+/// Waits until the nodes on `redis` have run two cleanup rounds that began
+/// after `after`: each round removes a dead node planted after it (a member
+/// of `miop:nodes` without a lease), one fresh name a round.
 fn cleanup_rounds_ran_past(redis: &Redis, after: std::time::Instant) {
     let mut past = 0;
     for round in 0.. {
@@ -477,20 +477,9 @@ async fn a_new_node_reconciles_once_and_one_restarted_under_a_dead_ones_id_twice
     // the usual 3 s: a lease lapsed under a loaded CI machine would be a
     // reason for a second pass of its own.
     let lease = Duration::from_secs(6);
-    let node = |id: &str| {
-        Miopd::start(&[
-            "--cores",
-            "2",
-            "--redis",
-            &redis.url(),
-            "--node-id",
-            id,
-            "--presence-lease",
-            "6s",
-        ])
-    };
+    let six_s = ["--presence-lease", "6s"];
     let started = std::time::Instant::now();
-    let a = node("A");
+    let a = node(&redis, "A", &six_s);
     let _on_a = fleet(&a, "once", 0, 50).await;
     converged(&a, 50);
     cleanup_rounds_ran_past(&redis, started + lease * 2);
@@ -509,7 +498,7 @@ async fn a_new_node_reconciles_once_and_one_restarted_under_a_dead_ones_id_twice
     wait_until(CONVERGE, "the killed node's lease lapsed", || {
         redis.cli(&["EXISTS", "miop:node:{A}:lease"]).trim() == "0"
     });
-    let a2 = node("A");
+    let a2 = node(&redis, "A", &six_s);
     wait_until(CONVERGE, "the restarted node reconciled twice", || {
         a2.metric("miop_presence_reconciliations_total") == Some(2.0)
     });

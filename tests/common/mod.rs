@@ -310,18 +310,13 @@ pub async fn full_frames_until_eof(c: &mut Client, limit: Duration) -> Vec<Frame
     }
 }
 
-/// A node sharing presence through `redis_url` (lease 3 s), plus `extra` flags.
+/// A node sharing presence through `redis_url` (lease 3 s unless `extra`
+/// names another), plus `extra` flags.
 pub fn node_on(redis_url: &str, id: &str, extra: &[&str]) -> Miopd {
-    let mut args = vec![
-        "--cores",
-        "2",
-        "--redis",
-        redis_url,
-        "--node-id",
-        id,
-        "--presence-lease",
-        "3s",
-    ];
+    let mut args = vec!["--cores", "2", "--redis", redis_url, "--node-id", id];
+    if !extra.contains(&"--presence-lease") {
+        args.extend_from_slice(&["--presence-lease", "3s"]);
+    }
     args.extend_from_slice(extra);
     Miopd::start(&args)
 }
