@@ -31,10 +31,15 @@ impl RoundTimer {
 
     /// Wall time since `start`, less this thread's run-queue wait since.
     pub(super) fn took(&self) -> Duration {
-        let wall = self.started.elapsed();
+        self.started.elapsed().saturating_sub(self.waited())
+    }
+
+    /// How long this thread waited for a CPU since `start` (zero where the
+    /// kernel does not say).
+    pub(super) fn waited(&self) -> Duration {
         match (self.waited, run_queue_wait()) {
-            (Some(before), Some(now)) => wall.saturating_sub(now.saturating_sub(before)),
-            _ => wall,
+            (Some(before), Some(now)) => now.saturating_sub(before),
+            _ => Duration::ZERO,
         }
     }
 }

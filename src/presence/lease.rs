@@ -16,9 +16,18 @@ use futures_util::future::join_all;
 use super::{keys, Fred, RedisPresence, BATCH};
 use crate::metrics as m;
 
-/// A full reconciliation also runs this often, as a backstop for kicks lost in
-/// a subscriber reconnect (pub/sub is at-most-once).
+/// A full reconciliation also runs about this often, as a backstop for kicks
+/// lost in a subscriber reconnect (pub/sub is at-most-once).
 const RECONCILE_EVERY: Duration = Duration::from_secs(300);
+
+/// The time to the next periodic reconciliation: [`RECONCILE_EVERY`] give or
+/// take a quarter, drawn anew each time. Gateways started together (a
+/// deploy, a host's restart, the 56 of a 1M benchmark) would otherwise read
+/// all their entries back in the same seconds every five minutes, a burst
+/// for Redis and for the cores they share.
+fn next_periodic_reconcile() -> Duration {
+    RECONCILE_EVERY.mul_f64(0.75 + fastrand::f64() / 2.0)
+}
 
 impl RedisPresence {
     /// Refreshes the lease every third of its TTL. Kept apart from the cleanup
@@ -55,6 +64,7 @@ impl RedisPresence {
     pub(super) async fn cleanup_loop(self: Arc<Self>) {
         let every = self.settings.lease_ttl / 2;
         let mut last_reconcile = Instant::now();
+        let mut period = next_periodic_reconcile();
         loop {
             tokio::time::sleep(every).await;
             let again = {
@@ -67,8 +77,9 @@ impl RedisPresence {
                     _ => false,
                 }
             };
-            if again || last_reconcile.elapsed() >= RECONCILE_EVERY {
+            if again || last_reconcile.elapsed() >= period {
                 last_reconcile = Instant::now();
+                period = next_periodic_reconcile();
                 self.needs_reconcile.store(true, Ordering::Relaxed);
                 self.pending.notify.notify_one();
             }
@@ -240,5 +251,20 @@ impl RedisPresence {
                 "presence withdrawal timed out; other nodes will clean it after the lease"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periodic_reconciliations_are_spread_over_half_a_period() {
+        let draws: Vec<Duration> = (0..200).map(|_| next_periodic_reconcile()).collect();
+        let (lo, hi) = (RECONCILE_EVERY.mul_f64(0.75), RECONCILE_EVERY.mul_f64(1.25));
+        assert!(draws.iter().all(|d| (lo..=hi).contains(d)), "{draws:?}");
+        // Not one instant for every gateway: 200 draws span most of the range.
+        let span = *draws.iter().max().unwrap() - *draws.iter().min().unwrap();
+        assert!(span > RECONCILE_EVERY / 3, "{span:?}");
     }
 }
