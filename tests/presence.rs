@@ -109,6 +109,58 @@ async fn redis_paused_with_sigstop_loses_no_session_and_converges() {
     outage_keeps_sessions_and_converges(true).await;
 }
 
+/// The largest `unread=` of the "presence reconciled" lines in `log`
+/// (colours or not).
+fn most_reconciled_unread(log: &str) -> Option<u64> {
+    let mut plain = String::with_capacity(log.len());
+    let mut in_escape = false;
+    for c in log.chars() {
+        match c {
+            '\u{1b}' => in_escape = true,
+            'm' if in_escape => in_escape = false,
+            _ if in_escape => {}
+            _ => plain.push(c),
+        }
+    }
+    plain
+        .lines()
+        .filter(|l| l.contains("presence reconciled with Redis"))
+        .filter_map(|l| {
+            let v = l.split("unread=").nth(1)?;
+            v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+        })
+        .max()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restarted_empty_gets_every_entry_back_without_a_read_per_session() {
+    let mut redis = Redis::start();
+    let gw = node(&redis, "A", &[]);
+    let _clients = fleet(&gw, "empty", 0, 2000).await;
+    converged(&gw, 2000);
+    let log_before = gw.log_text().len();
+
+    redis.kill();
+    wait_until(CONVERGE, "Redis seen as down", || {
+        gw.metric("miop_redis_up") == Some(0.0)
+    });
+    redis.restart();
+    converged(&gw, 2000);
+    assert_eq!(redis.device_entries(), 2000);
+
+    // The first round of the reconciliation after the restart found no
+    // entry at all, so the rest were written without being read first.
+    let log = gw.log_text()[log_before..].to_string();
+    wait_until(CONVERGE, "a reconciliation after the restart ended", || {
+        most_reconciled_unread(&gw.log_text()[log_before..]).is_some()
+    });
+    let unread = most_reconciled_unread(&gw.log_text()[log_before..]).unwrap();
+    assert!(
+        (1000..2000).contains(&unread),
+        "{unread} of 2000 sessions restored without a read (a first round reads some):\n{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_absent_at_start_is_not_fatal() {
     let mut redis = Redis::absent();

@@ -61,6 +61,9 @@ pub(super) struct Pass {
     /// The first round.
     started: Option<Instant>,
     missing: u64,
+    /// Local sessions marked for the writer without reading their entries,
+    /// after a whole round found none (see `local_round`).
+    unread: u64,
     mismatched: u64,
     stale: u64,
     rounds: u64,
@@ -214,6 +217,7 @@ impl RedisPresence {
             again: false,
             started: None,
             missing: 0,
+            unread: 0,
             mismatched: 0,
             stale: 0,
             rounds: 0,
@@ -342,7 +346,7 @@ impl RedisPresence {
         let Stage::Local(next) = pass.stage else {
             return Ok(false);
         };
-        let end = (next + pace.window()).min(pass.devices.len());
+        let mut end = (next + pace.window()).min(pass.devices.len());
         // A device that left since the snapshot is the writer's business
         // (its change is marked); one that came since is too.
         let held: Vec<(&Arc<str>, Bound)> = pass.devices[next..end]
@@ -367,9 +371,10 @@ impl RedisPresence {
                 reads.into_iter().collect::<Fred<_>>()?;
             added?;
             pace.done(held.len() + 1, took);
+            let mut missing = 0usize;
             for ((device, loc), entry) in held.iter().zip(reads) {
                 match entry {
-                    (None, _) => pass.missing += 1,
+                    (None, _) => missing += 1,
                     (Some(node), sid)
                         if node != self.me()
                             || sid.as_deref() != Some(self.tag(loc.session_id).as_str()) =>
@@ -379,6 +384,21 @@ impl RedisPresence {
                     _ => continue,
                 }
                 self.pending.mark(device);
+            }
+            pass.missing += missing as u64;
+            if missing == held.len() && held.len() >= pace::MIN_WINDOW {
+                // Not one entry in a whole round: Redis lost this node's
+                // entries (restarted empty, flushed, failed over to a
+                // replica that had none) or never had them (a ramp whose
+                // writes are still queued). Reading the rest one by one
+                // would confirm it at the cost of a read per session, half
+                // the work of restoring them; every one is written instead,
+                // and a write of an entry that was there after all is
+                // harmless (the writer writes the index's truth).
+                let rest = self.mark_unread(&pass.devices[end..]);
+                pass.missing += rest;
+                pass.unread += rest;
+                end = pass.devices.len();
             }
         }
         pass.stage = if end == pass.devices.len() {
@@ -391,6 +411,21 @@ impl RedisPresence {
             Stage::Local(end)
         };
         Ok(false)
+    }
+
+    /// Marks the devices of `devices` still held here for the writer,
+    /// without reading their entries (and without the `SADD` a round makes:
+    /// the writer's batch adds each to the node's set before its entry).
+    /// How many were marked.
+    fn mark_unread(&self, devices: &[Arc<str>]) -> u64 {
+        let mut marked = 0;
+        for d in devices {
+            if self.gateway.locate(d).is_some() {
+                self.pending.mark(d);
+                marked += 1;
+            }
+        }
+        marked
     }
 
     /// One round over the node's device set (`SSCAN`, so the set is never
@@ -470,6 +505,7 @@ impl RedisPresence {
         tracing::info!(
             sessions = pass.devices.len(),
             missing = pass.missing,
+            unread = pass.unread,
             mismatched = pass.mismatched,
             stale = pass.stale,
             rounds = pass.rounds,
