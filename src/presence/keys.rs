@@ -1,6 +1,8 @@
 //! The Redis key schema (docs/PRESENCE.md) and the Lua scripts that keep
-//! each device's entry consistent. Every script touches exactly one key, so
-//! it runs unchanged on Redis Cluster.
+//! each device's entry consistent. Every script but the `_MANY` ones touches
+//! exactly one key, so it runs unchanged on Redis Cluster; the `_MANY` ones
+//! apply the same script to many devices in one call, on a single Redis
+//! only (device keys of a cluster live in different slots).
 
 /// Device entry: HASH { node, sid, since, epoch }.
 pub fn device(device_id: &str) -> String {
@@ -84,6 +86,42 @@ end
 redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 redis.call('HSET', KEYS[1], 'node', ARGV[1], 'sid', ARGV[2], 'since', ARGV[3])
 return {1, cur[1] or '', cur[2] or ''}
+"#;
+
+/// [`ONLINE`] for each of many devices, in one call. KEYS = device keys;
+/// ARGV = node, then a session tag and a since (unix ms) per key, in the
+/// keys' order. Returns `{won, previous node, previous session}` per key,
+/// flattened.
+pub const ONLINE_MANY: &str = r#"
+local node = ARGV[1]
+local out = {}
+for i = 1, #KEYS do
+  local sid, since = ARGV[2 * i], ARGV[2 * i + 1]
+  local cur = redis.call('HMGET', KEYS[i], 'node', 'sid', 'since')
+  if cur[1] and cur[1] ~= node and cur[3] and tonumber(cur[3]) > tonumber(since) then
+    out[#out + 1] = 0
+  else
+    redis.call('HINCRBY', KEYS[i], 'epoch', 1)
+    redis.call('HSET', KEYS[i], 'node', node, 'sid', sid, 'since', since)
+    out[#out + 1] = 1
+  end
+  out[#out + 1] = cur[1] or ''
+  out[#out + 1] = cur[2] or ''
+end
+return out
+"#;
+
+/// [`PURGE`] for each of many devices, in one call. KEYS = device keys;
+/// ARGV = node. Returns how many entries were removed.
+pub const PURGE_MANY: &str = r#"
+local n = 0
+for i = 1, #KEYS do
+  if redis.call('HGET', KEYS[i], 'node') == ARGV[1] then
+    redis.call('DEL', KEYS[i])
+    n = n + 1
+  end
+end
+return n
 "#;
 
 /// Removes the entry if the given node holds it, whatever the session: used

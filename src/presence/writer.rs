@@ -24,6 +24,17 @@ use crate::metrics as m;
 /// pending set, about this long each.
 const RECONCILE_SLICE: Duration = Duration::from_millis(250);
 
+/// Devices per script call on a single Redis. One `EVAL` per device cost
+/// about 35 µs of gateway CPU per entry and half a Redis core for 30,000
+/// entries a second when a restarted Redis was filled again
+/// (docs/BENCHMARKS.md); per-command work on both sides is most of that.
+/// A hundred keep one call's time in Redis well under a millisecond.
+const ENTRIES_PER_SCRIPT: usize = 100;
+
+/// What writing one device's entry did: `None` for a removal, else (won,
+/// previous node, previous session).
+type Written = Fred<Option<(bool, String, String)>>;
+
 impl RedisPresence {
     /// The writer task: wakes on new changes, and every 100 ms to notice
     /// Redis coming and going. It runs the reconciliation too, a slice of
@@ -175,25 +186,7 @@ impl RedisPresence {
                 return Err(e);
             }
         }
-        let results = join_all(batch.iter().zip(&held).map(|(device, loc)| {
-            let key = keys::device(device);
-            let me = me.clone();
-            async move {
-                match loc {
-                    Some(loc) => {
-                        let args = vec![me, self.tag(loc.session_id), loc.since_ms.to_string()];
-                        let (won, prev_node, prev_sid): (i64, String, String) =
-                            self.client.eval(keys::ONLINE, key, args).await?;
-                        Ok(Some((won == 1, prev_node, prev_sid)))
-                    }
-                    None => {
-                        let _: i64 = self.client.eval(keys::PURGE, key, vec![me]).await?;
-                        Ok::<_, fred::error::Error>(None)
-                    }
-                }
-            }
-        }))
-        .await;
+        let results = self.write_entries(&me, &batch, &held).await;
         let mut failed = Vec::new();
         let mut first_err = None;
         let (mut add, mut remove, mut kicks) = (Vec::new(), Vec::new(), Vec::new());
@@ -276,5 +269,144 @@ impl RedisPresence {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Writes each device's entry (`held`: its session here, or none: remove
+    /// the entry in this node's name) and says what each write did, in the
+    /// batch's order. A single Redis gets [`ENTRIES_PER_SCRIPT`] devices per
+    /// script call; a cluster one call per device (its keys are in
+    /// different slots).
+    async fn write_entries(
+        &self,
+        me: &str,
+        batch: &[Box<str>],
+        held: &[Option<Bound>],
+    ) -> Vec<Written> {
+        if self.client.is_clustered() {
+            return join_all(
+                batch
+                    .iter()
+                    .zip(held)
+                    .map(|(device, loc)| self.write_entry(me, device, loc.as_ref())),
+            )
+            .await;
+        }
+        let (online, offline): (Vec<usize>, Vec<usize>) =
+            (0..batch.len()).partition(|&i| held[i].is_some());
+        let onlines = join_all(online.chunks(ENTRIES_PER_SCRIPT).map(|idx| async move {
+            let keys: Vec<String> = idx.iter().map(|&i| keys::device(&batch[i])).collect();
+            let mut args = Vec::with_capacity(1 + 2 * idx.len());
+            args.push(me.to_owned());
+            for loc in idx.iter().filter_map(|&i| held[i].as_ref()) {
+                args.push(self.tag(loc.session_id));
+                args.push(loc.since_ms.to_string());
+            }
+            let reply: Fred<Vec<Value>> = self.client.eval(keys::ONLINE_MANY, keys, args).await;
+            (idx, reply.and_then(|r| online_replies(r, idx.len())))
+        }));
+        let purges = join_all(offline.chunks(ENTRIES_PER_SCRIPT).map(|idx| async move {
+            let keys: Vec<String> = idx.iter().map(|&i| keys::device(&batch[i])).collect();
+            let reply: Fred<i64> = self
+                .client
+                .eval(keys::PURGE_MANY, keys, vec![me.to_owned()])
+                .await;
+            (idx, reply)
+        }));
+        let (onlines, purges) = futures_util::join!(onlines, purges);
+        let mut results: Vec<Option<Written>> = (0..batch.len()).map(|_| None).collect();
+        for (idx, reply) in onlines {
+            match reply {
+                Ok(each) => {
+                    for (&i, r) in idx.iter().zip(each) {
+                        results[i] = Some(Ok(Some(r)));
+                    }
+                }
+                Err(e) => idx.iter().for_each(|&i| results[i] = Some(Err(e.clone()))),
+            }
+        }
+        for (idx, reply) in purges {
+            for &i in idx {
+                results[i] = Some(reply.as_ref().map(|_| None).map_err(Clone::clone));
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every device was written"))
+            .collect()
+    }
+
+    /// One device's entry, one script call (on a cluster).
+    async fn write_entry(&self, me: &str, device: &str, loc: Option<&Bound>) -> Written {
+        let key = keys::device(device);
+        match loc {
+            Some(loc) => {
+                let args = vec![
+                    me.to_owned(),
+                    self.tag(loc.session_id),
+                    loc.since_ms.to_string(),
+                ];
+                let (won, prev_node, prev_sid): (i64, String, String) =
+                    self.client.eval(keys::ONLINE, key, args).await?;
+                Ok(Some((won == 1, prev_node, prev_sid)))
+            }
+            None => {
+                let _: i64 = self
+                    .client
+                    .eval(keys::PURGE, key, vec![me.to_owned()])
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// The reply of [`keys::ONLINE_MANY`] for `n` devices: (won, previous node,
+/// previous session) each.
+fn online_replies(reply: Vec<Value>, n: usize) -> Fred<Vec<(bool, String, String)>> {
+    if reply.len() != 3 * n {
+        return Err(fred::error::Error::new(
+            fred::error::ErrorKind::Parse,
+            format!(
+                "ONLINE_MANY answered {} values for {n} devices",
+                reply.len()
+            ),
+        ));
+    }
+    Ok(reply
+        .chunks(3)
+        .map(|r| {
+            (
+                r[0].as_i64() == Some(1),
+                r[1].as_string().unwrap_or_default(),
+                r[2].as_string().unwrap_or_default(),
+            )
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_many_device_reply_splits_into_one_result_per_device() {
+        let reply = vec![
+            Value::Integer(1),
+            Value::from(""),
+            Value::from(""),
+            Value::Integer(0),
+            Value::from("B"),
+            Value::from("9c41d2e7-2a"),
+        ];
+        assert_eq!(
+            online_replies(reply.clone(), 2).unwrap(),
+            vec![
+                (true, String::new(), String::new()),
+                (false, "B".to_owned(), "9c41d2e7-2a".to_owned()),
+            ]
+        );
+        // A reply that does not fit the devices asked about is an error
+        // (the batch is requeued), not a guess.
+        assert!(online_replies(reply, 3).is_err());
     }
 }
