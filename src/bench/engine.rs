@@ -436,16 +436,28 @@ async fn session(
     let first = interval();
     let mut next_ping = Instant::now() + first.mul_f64(fastrand::f64());
     let mut awaiting: Option<(u32, Instant)> = None;
+    // One registration each for the whole session, not one per frame: at a
+    // broadcast to 1M, re-arming the timer and the two notifications for
+    // every push was a tenth of the load generator's CPU.
+    let stop = stop_rx.changed();
+    let churned = churn.notified();
+    let timer = sleep_until(next_ping);
+    tokio::pin!(stop, churned, timer);
     loop {
         let wake = match awaiting {
             Some((_, sent)) => sent + ctx.plan.timeout,
             None => next_ping,
         };
+        if timer.deadline() != wake {
+            timer.as_mut().reset(wake);
+        }
         tokio::select! {
+            // Stop and churn last: a `Notified` in the waiting state takes
+            // its list's lock at every poll, so they are polled only when
+            // the timer and the socket are not ready (each time the session
+            // is about to wait), not at every frame.
             biased;
-            _ = stop_rx.changed() => return Ended::Stop,
-            _ = churn.notified() => return Ended::Churn,
-            _ = sleep_until(wake) => {
+            _ = &mut timer => {
                 if awaiting.is_some() {
                     // No Pong within --timeout: a true timeout, and the
                     // connection is replaced.
@@ -494,7 +506,9 @@ async fn session(
                     bump(&s.read_errors);
                     return Ended::Failed;
                 }
-            }
+            },
+            _ = &mut stop => return Ended::Stop,
+            _ = &mut churned => return Ended::Churn,
         }
     }
 }

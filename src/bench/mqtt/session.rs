@@ -122,13 +122,23 @@ pub(in crate::bench) async fn session(
     // Spread the first pings over one interval, as the Miop session does.
     let mut next_ping = Instant::now() + interval().mul_f64(fastrand::f64());
     let mut awaiting: Option<Instant> = None;
+    // Registered once per session, as in the Miop session.
+    let stop = stop_rx.changed();
+    let churned = churn.notified();
+    let timer = sleep_until(next_ping);
+    tokio::pin!(stop, churned, timer);
     loop {
         let wake = awaiting.map_or(next_ping, |sent| sent + ctx.plan.timeout);
+        if timer.deadline() != wake {
+            timer.as_mut().reset(wake);
+        }
         tokio::select! {
+            // Stop and churn last: a `Notified` in the waiting state takes
+            // its list's lock at every poll, so they are polled only when
+            // the timer and the socket are not ready (each time the session
+            // is about to wait), not at every frame.
             biased;
-            _ = stop_rx.changed() => return Ended::Stop,
-            _ = churn.notified() => return Ended::Churn,
-            _ = sleep_until(wake) => {
+            _ = &mut timer => {
                 if awaiting.is_some() {
                     bump(&s.timeouts);
                     return Ended::Failed;
@@ -167,7 +177,9 @@ pub(in crate::bench) async fn session(
                     bump(&s.read_errors);
                     return Ended::Failed;
                 }
-            }
+            },
+            _ = &mut stop => return Ended::Stop,
+            _ = &mut churned => return Ended::Churn,
         }
     }
 }
