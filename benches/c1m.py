@@ -40,6 +40,7 @@ the JSON/HTML output are each a few lines here.
 """
 
 import argparse
+import concurrent.futures
 import json
 import math
 import os
@@ -52,6 +53,8 @@ import sys
 import threading
 import time
 import urllib.request
+
+from c1m_profile import Profiler, parse_moments, render
 
 ADMIN_TOKEN = "c1m-admin"
 PUSH_TOKEN = "c1m-push"
@@ -270,6 +273,26 @@ def proc_stat(pid):
         return None
 
 
+def sched_wait(pid):
+    """(ns runnable but waiting for a CPU, times it got one) summed over the
+    threads of one process (/proc/PID/task/*/schedstat: on-CPU time,
+    run-queue wait, timeslices)."""
+    wait, slices = 0, 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0, 0
+    for t in tids:
+        try:
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                v = f.read().split()
+            wait += int(v[1])
+            slices += int(v[2])
+        except (OSError, IndexError, ValueError):
+            pass
+    return wait, slices
+
+
 def descendants(root):
     kids = {}
     for d in os.listdir("/proc"):
@@ -327,18 +350,31 @@ class Sampler(threading.Thread):
                 pids_at = now
             sample = {"t": round(now - t0, 2)}
             for g, pids in pids_cache.items():
-                ticks, rss = 0, 0
+                ticks, rss, wait, slices = 0, 0, 0, 0
                 for p in pids:
                     st = proc_stat(p)
                     if st:
                         ticks += st[0]
                         rss += st[1]
+                    w = sched_wait(p)
+                    wait += w[0]
+                    slices += w[1]
                 prev = last.get(g)
-                last[g] = (now, ticks)
+                last[g] = (now, ticks, wait, slices, tuple(pids))
                 cpu = 0.0
+                sample[g] = {"cpu": 0.0, "rss": rss}
                 if prev and now > prev[0]:
                     cpu = max(0.0, (ticks - prev[1]) / CLK_TCK / (now - prev[0]))
-                sample[g] = {"cpu": round(cpu, 3), "rss": rss}
+                    sample[g]["cpu"] = round(cpu, 3)
+                    if prev[4] == tuple(pids) and slices > prev[3]:
+                        # Time the group's threads were runnable but waited
+                        # for a CPU (threads waiting at once, on average),
+                        # and the mean wait each time one got a CPU: what a
+                        # message arriving for a sleeping thread waits on a
+                        # busy machine before any code of ours runs.
+                        sample[g]["runq"] = round((wait - prev[2]) / 1e9 / (now - prev[0]), 3)
+                        sample[g]["runq_wait_us"] = round((wait - prev[2]) / 1e3
+                                                          / (slices - prev[3]), 1)
             ct = cpu_times()
             dt = max(1e-3, now - cpu_prev[0])
             sample["machine_cpu"] = {k: round((ct[k] - cpu_prev[1][k]) / CLK_TCK / dt, 3)
@@ -398,6 +434,51 @@ def gateway_closes(admin_ports):
             if m:
                 total[m.group(1)] = total.get(m.group(1), 0) + int(m.group(2))
     return total
+
+
+def gateway_deliveries(admin_ports):
+    """Push frames the gateways have queued and written to their sockets since
+    they started (`miop_push_deliveries_total`, summed; every gateway scraped
+    at once), or None if one does not answer."""
+    def one(port):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                     headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            m = re.search(r"^miop_push_deliveries_total (\d+)", r.read().decode(), re.M)
+        return int(m.group(1)) if m else 0
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(admin_ports)) as ex:
+            return sum(ex.map(one, admin_ports))
+    except Exception:
+        return None
+
+
+def watch_gateway_fanout(admin_ports, sessions, out, stop):
+    """The gateways' side of a broadcast (the run's only push): from the first
+    frame written to frames written for 99 % of the sessions. Watched from the
+    start of the run, since a ramp can outrun the sampler's view of "all
+    bound". The load generator's fan-out time adds its own backlog of pushes
+    to read on the same 2 cores, where devices each read their own. Each
+    round scrapes every gateway; a count lies between its start and end."""
+    t0, timeline, first = time.time(), [], None
+    while not stop.is_set():
+        start = time.time()
+        n = gateway_deliveries(admin_ports)
+        end = time.time()
+        if n:
+            timeline.append((round(start - t0, 2), round(end - t0, 2), n))
+            if first is None:
+                # The first frame went out after the previous round began.
+                first = timeline[-2][0] if len(timeline) > 1 else start - t0
+            if n >= 0.99 * sessions:
+                out.update({"first_after_s": round(first, 1),
+                            "written_99pct_within_s": round(end - t0 - first, 1),
+                            "deliveries": n})
+                break
+        else:
+            timeline = [(round(start - t0, 2), round(end - t0, 2), 0)]
+        stop.wait(max(0.0, 1.0 - (end - start)))
+    out["timeline"] = timeline
 
 
 def synced(admin_ports):
@@ -633,6 +714,11 @@ def main():
     ap.add_argument("--netns", action=argparse.BooleanOptionalAction, default=False,
                     help="run everything in a network namespace whose TCP connection hash "
                          "is sized for the run (Linux 6.1+, root)")
+    ap.add_argument("--profile", default=None, metavar="MOMENTS",
+                    help="perf profiles of the whole machine at these moments: ramp (40 %% "
+                         "bound), bound, back (Redis restarted), each optionally +SECONDS, "
+                         "e.g. ramp,bound,bound+120 (benches/c1m_profile.py)")
+    ap.add_argument("--profile-secs", type=float, default=30, help="length of each profile")
     ap.add_argument("--out", default="target/c1m")
     ap.add_argument("--bin", default="target/release")
     a = ap.parse_args()
@@ -648,6 +734,11 @@ def main():
     if a.netns and not os.environ.get("C1M_NETNS"):
         return run_in_netns(a)
     mosquitto = a.server == "mosquitto"
+    moments = parse_moments(a.profile)
+    if moments and mosquitto:
+        raise SystemExit("--profile: moments are seen through miopd's admin API (a miopd run's)")
+    if any(m[0] == "back" for m in moments) and not a.redis_outage:
+        raise SystemExit("--profile back: needs --redis-outage")
     if mosquitto:
         a.no_redis = True
         if a.redis_outage:
@@ -743,19 +834,24 @@ def main():
         groups["redis"] = lambda: [redis.pid]
     sampler = Sampler(groups, admin_ports)
     sampler.start()
+    profiler = Profiler(a.profile, a.profile_secs, a.out, groups, started, log)
 
     outage = {}
     checks = {}
+    gateway_fanout = {}
 
     def monitor():
         """Bound → (Redis outage) → presence consistent, while the bench holds."""
         nonlocal redis
         t_start = time.time()
         while sampler.sessions < a.sessions and bench.poll() is None:
+            if sampler.sessions >= 0.4 * a.sessions:
+                profiler.mark("ramp")
             time.sleep(0.5)
         if bench.poll() is not None:
             return
         checks["all_bound_after_s"] = round(time.time() - t_start, 1)
+        profiler.mark("bound")
         if a.redis_outage and redis:
             time.sleep(a.outage_after)
             before = sampler.sessions
@@ -768,6 +864,7 @@ def main():
             redis = start_redis(redis_port)
             groups["redis"] = lambda: [redis.pid]
             t_back = time.time()
+            profiler.mark("back")
             slow = None
             if a.slow_redis:
                 busy, gap = (float(x) for x in a.slow_redis.split("/"))
@@ -827,6 +924,9 @@ def main():
 
     if not mosquitto:
         threading.Thread(target=monitor, daemon=True).start()
+    if a.push_rate and not mosquitto:
+        threading.Thread(target=watch_gateway_fanout, daemon=True,
+                         args=(admin_ports, a.sessions, gateway_fanout, sampler.stop)).start()
 
     for line in bench.stdout:
         sys.stdout.write(line)
@@ -852,6 +952,10 @@ def main():
     if push.get("count"):
         result["fan_out"] = {"deliveries": push["count"], "p50_us": push.get("p50"),
                              "last_us": push.get("max")}
+    if gateway_fanout:
+        result["gateway_fan_out"] = dict(gateway_fanout)
+        log("gateways' side of the broadcast: " + json.dumps(
+            {k: v for k, v in gateway_fanout.items() if k != "timeline"}))
     if s:
         peak = lambda g, k: max((x[g][k] for x in s if g in x), default=0)
         result["peak"] = {g: {"cpu_cores": peak(g, "cpu"), "rss_bytes": peak(g, "rss")}
@@ -868,8 +972,22 @@ def main():
             # their RSS growth from the first sample over the peak.
             grown = result["peak"]["gateways"]["rss_bytes"] - s[0]["gateways"]["rss"]
             result["peak"]["server_rss_per_session_bytes"] = round(grown / bound)
+    held = [x for x in s if x["sessions"] >= a.sessions] if admin_ports else []
+    if held:
+        # Run-queue wait while all were bound, per group (medians over the
+        # seconds): how long a woken thread waited for a CPU.
+        def median(v):
+            v = sorted(v)
+            return v[len(v) // 2] if v else None
+        result["runq_while_bound"] = {
+            g: {k: median([x[g][k] for x in held if k in x.get(g, {})])
+                for k in ("runq", "runq_wait_us")}
+            for g in groups}
+        log(f"run-queue wait while all were bound (median per second): {result['runq_while_bound']}")
     result["samples"] = s
     teardown()
+    if a.profile:
+        result["profiles"] = profiler.summaries()
     with open(f"{a.out}/c1m.json", "w") as f:
         json.dump(result, f, indent=1)
     write_html(f"{a.out}/gateways.html", result)
@@ -877,6 +995,8 @@ def main():
         with open(f"{a.out}/ramp.svg", "w") as f:
             f.write(ramp_svg(result, run["timeline"]))
     log(f"wrote {a.out}/c1m.json, gateways.html, run.json, run.html, summary.txt")
+    for name, p in (result.get("profiles") or {}).items():
+        sys.stdout.write(render(name, p))
     if result.get("peak"):
         pk = result["peak"]
         log(f"peak: sessions {pk['sessions']:,}, gateways RSS {pk['gateways']['rss_bytes'] / 1e9:.2f} GB, "

@@ -9,8 +9,10 @@
 #                  [--push-rate 1/s --push-count 5] [--redis-outage 30 [--slow-redis 2.3/0.4]]
 #                  [--connect-rate 40k/s] [--steps 100k,200k,600k,1M --step-duration 60s]
 #                  [--server miopd|mosquitto] [--netns]
+#                  [--profile ramp,bound,bound+120,back [--profile-secs 30]]
 #
-# Writes target/c1m/{c1m.json,gateways.html,ramp.svg,run.json,run.html,summary.txt}.
+# Writes target/c1m/{c1m.json,gateways.html,ramp.svg,run.json,run.html,summary.txt}
+# (and perf-<moment>.{data,txt} with --profile: benches/c1m_profile.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bins >/dev/null
