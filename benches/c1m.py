@@ -415,6 +415,17 @@ def consistency(admin_ports):
     return total
 
 
+def metrics_text(port, timeout=30):
+    """One gateway's `/metrics` page, or None if it does not answer."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.read().decode()
+    except Exception:
+        return None
+
+
 def gateway_closes(admin_ports):
     """Connections the gateways closed, by reason, summed over all of them
     (`miop_connections_closed_total`): the gateway's side of "0 bind and 0
@@ -422,12 +433,8 @@ def gateway_closes(admin_ports):
     gateway does not answer."""
     total = {}
     for port in admin_ports:
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
-                                     headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                text = r.read().decode()
-        except Exception:
+        text = metrics_text(port)
+        if text is None:
             return None
         for line in text.splitlines():
             m = re.match(r'miop_connections_closed_total\{reason="([a-z_]+)"\} (\d+)', line)
@@ -440,17 +447,12 @@ def gateway_deliveries(admin_ports):
     """Push frames the gateways have queued and written to their sockets since
     they started (`miop_push_deliveries_total`, summed; every gateway scraped
     at once), or None if one does not answer."""
-    def one(port):
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
-                                     headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            m = re.search(r"^miop_push_deliveries_total (\d+)", r.read().decode(), re.M)
-        return int(m.group(1)) if m else 0
-    try:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=len(admin_ports)) as ex:
-            return sum(ex.map(one, admin_ports))
-    except Exception:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(admin_ports)) as ex:
+        pages = list(ex.map(metrics_text, admin_ports))
+    if any(p is None for p in pages):
         return None
+    found = (re.search(r"^miop_push_deliveries_total (\d+)", p, re.M) for p in pages)
+    return sum(int(m.group(1)) for m in found if m)
 
 
 def watch_gateway_fanout(admin_ports, sessions, out, stop):

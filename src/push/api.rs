@@ -18,7 +18,9 @@
 //! the devices not held here are looked up and routed to the node holding
 //! them, those online nowhere are kept offline if the push has a `ttl`, and
 //! topic pushes and broadcasts are published to every node (while this node
-//! delivers to its own sessions, not after). `unknown` only
+//! delivers to its own sessions, not after: a core that does not answer
+//! within 10 s makes a 503 that carries `other_nodes` when they got it).
+//! `unknown` only
 //! counts devices that Redis reported as online nowhere (and not kept).
 //!
 //! **No silent loss.** When Redis cannot answer for that part (an error, a
@@ -253,25 +255,37 @@ pub async fn handle(
             .map_or(0, |d| d.as_millis() as u64)
             + t * 1000
     });
+    // With shared presence: Redis and the message as other nodes get it.
+    let routing = presence.map(|p| {
+        let mut msg = RoutedPush::new(id, req.ack, &req.payload, &gateway.node_id, &req.to);
+        msg.keep_until_ms = keep_until_ms;
+        (p, msg)
+    });
     let local_push = gateway.push_local(id, &req.to, req.payload.clone(), req.ack, keep_until_ms);
     // A topic push or broadcast goes out to the other nodes while this one
     // delivers to its own sessions, not after: at a broadcast to 1M over 56
     // gateways, this node's local job took ~7 s on a busy core, and every
     // other node waited for it before hearing of the message.
     let everywhere = matches!(req.to, PushTo::Topic(_) | PushTo::All);
-    let (local, published) = match presence.filter(|_| everywhere) {
-        Some(p) => {
-            let mut msg = RoutedPush::new(id, req.ack, &req.payload, &gateway.node_id, &req.to);
-            msg.keep_until_ms = keep_until_ms;
+    let (local, published) = match routing.as_ref().filter(|_| everywhere) {
+        Some((p, msg)) => {
             let deadline = Deadline::after(p.command_timeout());
-            let (local, published) = tokio::join!(local_push, p.fan_out(&msg, deadline));
+            let (local, published) = tokio::join!(local_push, p.fan_out(msg, deadline));
             (local, Some(published))
         }
         None => (local_push.await, None),
     };
     let local = match local {
         Ok(l) => l,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => {
+            let mut body = json!({ "error": e });
+            if let Some(Ok(n)) = published {
+                // The other nodes have it already: say so, so a retry is a
+                // choice made knowing they would get it twice.
+                body["other_nodes"] = json!(n);
+            }
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+        }
     };
     let mut report = local.report;
     let mut nodes = None;
@@ -283,13 +297,12 @@ pub async fn handle(
     let ttl = req.ttl.filter(|t| *t > 0);
     // With shared presence, what is not held here goes to the node that holds
     // it; topic pushes and broadcasts go to every node.
-    if let Some(p) = presence {
-        let mut msg = RoutedPush::new(id, req.ack, &req.payload, &gateway.node_id, &req.to);
-        msg.keep_until_ms = keep_until_ms;
+    if let Some((p, msg)) = &routing {
+        // Its own time for the commands that follow the local delivery.
         let deadline = Deadline::after(p.command_timeout());
         match &req.to {
             PushTo::Devices(_) if !local.not_here.is_empty() => {
-                let r = p.route(&msg, local.not_here, deadline).await;
+                let r = p.route(msg, local.not_here, deadline).await;
                 report.delivered += r.routed;
                 failed = r.failed;
                 failure = r.error;
@@ -314,7 +327,7 @@ pub async fn handle(
                 }
                 // Online nowhere: keep it for them if the push has a TTL.
                 if let Some(ttl) = ttl.filter(|_| !keep.is_empty()) {
-                    let s = p.store_offline(&msg, ttl, &keep, deadline).await;
+                    let s = p.store_offline(msg, ttl, &keep, deadline).await;
                     report.offline += s.stored;
                     report.unknown = 0;
                     failed.extend(s.failed);
